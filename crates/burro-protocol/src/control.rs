@@ -1,0 +1,350 @@
+//! The control channel between `burro-shim` and the server.
+//!
+//! The server writes a [`ShimSpec`] as one JSON line to the shim's standard
+//! input. The shim then connects to the server's control socket and both
+//! sides exchange text frames, one per line: a keyword, a space, and the
+//! rest. Job message lines travel as raw bytes after a short prefix, so the
+//! shim never parses or re-encodes the job's JSON.
+//!
+//! Every frame the shim sends after `HELLO` carries a sequence number. The
+//! server acknowledges the numbers it has processed, and the shim keeps
+//! unacknowledged frames so they can be replayed after a reconnect.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Version of the control protocol spoken by this build.
+pub const CONTROL_VERSION: u32 = 1;
+
+/// Everything a shim needs to run one attempt of one job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShimSpec {
+    pub version: u32,
+    pub job_id: String,
+    pub job_name: String,
+    /// Secret the shim presents on the control socket. It never appears on
+    /// a command line or in the job's environment.
+    pub token: String,
+    pub attempt: u32,
+    pub command: String,
+    pub args: Vec<String>,
+    pub cwd: Option<String>,
+    /// The job's complete environment; the shim clears its own first.
+    pub env: Vec<(String, String)>,
+    /// The enqueued data, copied into the payload line unchanged.
+    pub data: Box<RawValue>,
+    pub transport: TransportSpec,
+    /// Path of the server's control socket.
+    pub control_socket: String,
+    /// Per-attempt time limit enforced by the shim, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    pub kill_grace_ms: u64,
+    pub max_message_bytes: usize,
+    pub max_connections: usize,
+    /// A job connection on which no line arrives for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Offer an inherited pipe as `BURRO_MESSAGE_FD`.
+    pub message_fd: bool,
+    /// Longest stdout or stderr line kept whole; longer lines are split.
+    pub max_log_line: usize,
+    /// How long a shim whose job has exited waits for an absent server.
+    pub linger_ms: u64,
+}
+
+/// Where the job connects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TransportSpec {
+    /// A Unix socket at `path`, created by the shim with mode 0600.
+    Unix { path: String },
+    /// A TCP listener on 127.0.0.1 with a free port from the range.
+    Tcp { port_low: u16, port_high: u16 },
+}
+
+/// First frame of a shim connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hello {
+    pub version: u32,
+    pub job_id: String,
+    pub token: String,
+    pub attempt: u32,
+    pub shim_pid: u32,
+    /// Pid of the job process; absent when it could not be started.
+    pub child_pid: Option<u32>,
+    /// Where the job connects: a socket path or `tcp://127.0.0.1:PORT`.
+    pub address: String,
+}
+
+/// The server's reply to an accepted `HELLO`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Welcome {
+    pub version: u32,
+    /// Highest sequence number the server has already processed; the shim
+    /// replays everything after it.
+    pub acked_seq: u64,
+}
+
+/// How the job process ended, as observed by the shim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitReport {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Set when the shim terminated the job itself: `timeout`, or the
+    /// reason of the server's `KILL`.
+    pub reason: Option<String>,
+    /// Set when the command could not be started at all.
+    pub spawn_error: Option<String>,
+    /// Attempt run time in milliseconds, measured by the shim.
+    pub elapsed_ms: u64,
+}
+
+/// A frame from the shim to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShimFrame {
+    Hello(Hello),
+    /// A job message line received on connection `conn` (0 is the pipe).
+    Message { seq: u64, conn: u64, line: Vec<u8> },
+    /// A line the job wrote to standard output.
+    Stdout { seq: u64, line: Vec<u8> },
+    /// A line the job wrote to standard error.
+    Stderr { seq: u64, line: Vec<u8> },
+    /// A message line over the size limit; its connection was closed.
+    Oversize { seq: u64, conn: u64, len: usize },
+    /// The job's main process has exited and every message before it was sent.
+    Exit { seq: u64, report: ExitReport },
+}
+
+impl ShimFrame {
+    /// Returns the sequence number, or 0 for `HELLO`.
+    pub fn seq(&self) -> u64 {
+        match self {
+            ShimFrame::Hello(_) => 0,
+            ShimFrame::Message { seq, .. }
+            | ShimFrame::Stdout { seq, .. }
+            | ShimFrame::Stderr { seq, .. }
+            | ShimFrame::Oversize { seq, .. }
+            | ShimFrame::Exit { seq, .. } => *seq,
+        }
+    }
+
+    /// Appends the frame and its newline to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        match self {
+            ShimFrame::Hello(hello) => {
+                out.extend_from_slice(b"HELLO ");
+                out.extend_from_slice(&serde_json::to_vec(hello).expect("hello serializes"));
+            }
+            ShimFrame::Message { seq, conn, line } => {
+                out.extend_from_slice(format!("MSG {seq} {conn} ").as_bytes());
+                out.extend_from_slice(line);
+            }
+            ShimFrame::Stdout { seq, line } => {
+                out.extend_from_slice(format!("OUT {seq} ").as_bytes());
+                out.extend_from_slice(line);
+            }
+            ShimFrame::Stderr { seq, line } => {
+                out.extend_from_slice(format!("ERR {seq} ").as_bytes());
+                out.extend_from_slice(line);
+            }
+            ShimFrame::Oversize { seq, conn, len } => {
+                out.extend_from_slice(format!("DROP {seq} {conn} {len}").as_bytes());
+            }
+            ShimFrame::Exit { seq, report } => {
+                out.extend_from_slice(format!("EXIT {seq} ").as_bytes());
+                out.extend_from_slice(&serde_json::to_vec(report).expect("exit report serializes"));
+            }
+        }
+        out.push(b'\n');
+    }
+
+    /// Encodes the frame as one line ending in `\n`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Decodes one frame line (without its newline).
+    ///
+    /// # Errors
+    ///
+    /// Returns a description of the first malformed part.
+    pub fn decode(line: &[u8]) -> Result<Self, String> {
+        let (keyword, rest) = split_word(line);
+        match keyword {
+            b"HELLO" => serde_json::from_slice(rest)
+                .map(ShimFrame::Hello)
+                .map_err(|e| format!("invalid HELLO frame: {e}")),
+            b"MSG" => {
+                let (seq, rest) = number_field(rest, "MSG", "sequence number")?;
+                let (conn, line) = number_field(rest, "MSG", "connection id")?;
+                Ok(ShimFrame::Message { seq, conn, line: line.to_vec() })
+            }
+            b"OUT" => {
+                let (seq, line) = number_field(rest, "OUT", "sequence number")?;
+                Ok(ShimFrame::Stdout { seq, line: line.to_vec() })
+            }
+            b"ERR" => {
+                let (seq, line) = number_field(rest, "ERR", "sequence number")?;
+                Ok(ShimFrame::Stderr { seq, line: line.to_vec() })
+            }
+            b"DROP" => {
+                let (seq, rest) = number_field(rest, "DROP", "sequence number")?;
+                let (conn, rest) = number_field(rest, "DROP", "connection id")?;
+                let (len, _) = number_field(rest, "DROP", "length")?;
+                Ok(ShimFrame::Oversize { seq, conn, len: len as usize })
+            }
+            b"EXIT" => {
+                let (seq, rest) = number_field(rest, "EXIT", "sequence number")?;
+                let report = serde_json::from_slice(rest).map_err(|e| format!("invalid EXIT frame: {e}"))?;
+                Ok(ShimFrame::Exit { seq, report })
+            }
+            other => Err(format!("unknown shim frame {:?}", String::from_utf8_lossy(other))),
+        }
+    }
+}
+
+/// A frame from the server to the shim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerFrame {
+    Welcome(Welcome),
+    /// The handshake was rejected; the text says why.
+    Reject(String),
+    /// Every frame up to and including this sequence number is processed.
+    Ack(u64),
+    /// Terminate the job: SIGTERM to its process group now, SIGKILL after
+    /// the kill grace. The reason is echoed in the exit report.
+    Kill(String),
+    /// Write `line` to job connection `conn` (protocol 2 connections only).
+    Send { conn: u64, line: Vec<u8> },
+    /// The server has recorded the exit; the shim may clean up and leave.
+    Bye,
+}
+
+impl ServerFrame {
+    /// Encodes the frame as one line ending in `\n`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = match self {
+            ServerFrame::Welcome(welcome) => {
+                let mut out = b"WELCOME ".to_vec();
+                out.extend_from_slice(&serde_json::to_vec(welcome).expect("welcome serializes"));
+                out
+            }
+            ServerFrame::Reject(reason) => format!("REJECT {}", one_line(reason)).into_bytes(),
+            ServerFrame::Ack(seq) => format!("ACK {seq}").into_bytes(),
+            ServerFrame::Kill(reason) => format!("KILL {}", one_line(reason)).into_bytes(),
+            ServerFrame::Send { conn, line } => {
+                let mut out = format!("SEND {conn} ").into_bytes();
+                out.extend_from_slice(line);
+                out
+            }
+            ServerFrame::Bye => b"BYE".to_vec(),
+        };
+        out.push(b'\n');
+        out
+    }
+
+    /// Decodes one frame line (without its newline).
+    ///
+    /// # Errors
+    ///
+    /// Returns a description of the first malformed part.
+    pub fn decode(line: &[u8]) -> Result<Self, String> {
+        let (keyword, rest) = split_word(line);
+        match keyword {
+            b"WELCOME" => serde_json::from_slice(rest)
+                .map(ServerFrame::Welcome)
+                .map_err(|e| format!("invalid WELCOME frame: {e}")),
+            b"REJECT" => Ok(ServerFrame::Reject(String::from_utf8_lossy(rest).into_owned())),
+            b"ACK" => number_field(rest, "ACK", "sequence number").map(|(seq, _)| ServerFrame::Ack(seq)),
+            b"KILL" => Ok(ServerFrame::Kill(String::from_utf8_lossy(rest).into_owned())),
+            b"SEND" => {
+                let (conn, line) = number_field(rest, "SEND", "connection id")?;
+                Ok(ServerFrame::Send { conn, line: line.to_vec() })
+            }
+            b"BYE" => Ok(ServerFrame::Bye),
+            other => Err(format!("unknown server frame {:?}", String::from_utf8_lossy(other))),
+        }
+    }
+}
+
+fn split_word(line: &[u8]) -> (&[u8], &[u8]) {
+    match line.iter().position(|&b| b == b' ') {
+        Some(pos) => (&line[..pos], &line[pos + 1..]),
+        None => (line, &[]),
+    }
+}
+
+fn number_field<'a>(rest: &'a [u8], frame: &str, what: &str) -> Result<(u64, &'a [u8]), String> {
+    let (word, rest) = split_word(rest);
+    let number = std::str::from_utf8(word)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| format!("invalid {frame} frame: {what} {:?} is not a number", String::from_utf8_lossy(word)))?;
+    Ok((number, rest))
+}
+
+fn one_line(text: &str) -> String {
+    text.replace(['\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shim_frames_round_trip() {
+        let frames = vec![
+            ShimFrame::Hello(Hello {
+                version: 1,
+                job_id: "j".into(),
+                token: "t".into(),
+                attempt: 2,
+                shim_pid: 10,
+                child_pid: Some(11),
+                address: "/tmp/s.sock".into(),
+            }),
+            ShimFrame::Message { seq: 1, conn: 3, line: br#"{"type":"heartbeat","jobId":"j"}"#.to_vec() },
+            ShimFrame::Message { seq: 2, conn: 0, line: Vec::new() },
+            ShimFrame::Stdout { seq: 3, line: b"hello world \xff".to_vec() },
+            ShimFrame::Stderr { seq: 4, line: b"".to_vec() },
+            ShimFrame::Oversize { seq: 5, conn: 2, len: 99 },
+            ShimFrame::Exit { seq: 6, report: ExitReport { code: Some(3), ..Default::default() } },
+        ];
+        for frame in frames {
+            let encoded = frame.encode();
+            assert_eq!(encoded.last(), Some(&b'\n'));
+            let decoded = ShimFrame::decode(&encoded[..encoded.len() - 1]).unwrap();
+            assert_eq!(decoded, frame);
+        }
+    }
+
+    #[test]
+    fn server_frames_round_trip() {
+        let frames = vec![
+            ServerFrame::Welcome(Welcome { version: 1, acked_seq: 7 }),
+            ServerFrame::Reject("unknown job".into()),
+            ServerFrame::Ack(42),
+            ServerFrame::Kill("cancel".into()),
+            ServerFrame::Send { conn: 1, line: br#"{"type":"cancel"}"#.to_vec() },
+            ServerFrame::Bye,
+        ];
+        for frame in frames {
+            let encoded = frame.encode();
+            let decoded = ServerFrame::decode(&encoded[..encoded.len() - 1]).unwrap();
+            assert_eq!(decoded, frame);
+        }
+    }
+
+    #[test]
+    fn malformed_frames_are_errors() {
+        assert!(ShimFrame::decode(b"MSG x 1 {}").unwrap_err().contains("sequence number \"x\""));
+        assert!(ShimFrame::decode(b"NOPE 1").unwrap_err().contains("unknown shim frame"));
+        assert!(ServerFrame::decode(b"ACK").is_err());
+        assert!(ShimFrame::decode(b"EXIT 1 {").unwrap_err().contains("invalid EXIT frame"));
+    }
+}

@@ -1,0 +1,394 @@
+//! Messages a job sends to the server, one JSON object per line.
+//!
+//! Parsing is strict about the fields the server acts on and lenient about
+//! everything else: unknown fields are ignored, a missing or non-numeric
+//! `timestamp` is replaced by the receipt time, an unknown `type` is reported
+//! as [`JobMessage::Unknown`] so the caller can log and ignore it.
+
+use serde_json::{Map, Value};
+use std::fmt;
+use thiserror::Error;
+
+/// Level of a `log` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    /// Returns the wire name: `debug`, `info`, `warn` or `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+
+    /// Parses a wire name. `warning` is accepted as `warn`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "debug" => Some(LogLevel::Debug),
+            "info" => Some(LogLevel::Info),
+            "warn" | "warning" => Some(LogLevel::Warn),
+            "error" => Some(LogLevel::Error),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The typed content of one message line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobMessage {
+    /// The job initialised. `protocol` is 2 when the connection can receive
+    /// server messages (burro extension), absent for compatible workers.
+    Started { protocol: Option<u32> },
+    /// `percent` is already clamped to 0–100.
+    Progress {
+        percent: f64,
+        message: Option<String>,
+        data: Option<Value>,
+    },
+    Heartbeat,
+    Log {
+        level: LogLevel,
+        message: String,
+        data: Option<Value>,
+    },
+    Completed { result: Option<Value> },
+    Failed { error: String, stack: Option<String> },
+    /// A `type` this server does not know; log it and go on.
+    Unknown { kind: String },
+}
+
+impl JobMessage {
+    /// Returns the wire `type` of the message.
+    pub fn kind(&self) -> &str {
+        match self {
+            JobMessage::Started { .. } => "started",
+            JobMessage::Progress { .. } => "progress",
+            JobMessage::Heartbeat => "heartbeat",
+            JobMessage::Log { .. } => "log",
+            JobMessage::Completed { .. } => "completed",
+            JobMessage::Failed { .. } => "failed",
+            JobMessage::Unknown { kind } => kind,
+        }
+    }
+
+    /// Returns true for `completed` and `failed`.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, JobMessage::Completed { .. } | JobMessage::Failed { .. })
+    }
+}
+
+/// A validated message line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedMessage {
+    pub job_id: String,
+    /// The job's own timestamp in milliseconds since the Unix epoch, if it
+    /// sent a number. Liveness never uses it.
+    pub timestamp: Option<i64>,
+    pub message: JobMessage,
+    /// The original `percent` when it was outside 0–100 and was clamped.
+    pub clamped_percent: Option<f64>,
+}
+
+/// Why a line was rejected. Each variant names the field and the value.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum MessageError {
+    #[error("invalid JSON: {reason}")]
+    InvalidJson { reason: String },
+    #[error("invalid message: expected a JSON object, found {found}")]
+    NotAnObject { found: &'static str },
+    #[error("invalid message: missing field `{field}`")]
+    MissingField { field: &'static str },
+    #[error("invalid message: field `{field}` must be {expected}, found {found}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("invalid message: field `{field}` has value {value}: {reason}")]
+    InvalidValue {
+        field: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+/// Parses and validates one message line (without its newline).
+///
+/// # Errors
+///
+/// Returns a [`MessageError`] naming the field at fault for invalid JSON, a
+/// non-object, a missing `type` or `jobId`, or a field of the wrong type.
+pub fn parse_line(line: &[u8]) -> Result<ParsedMessage, MessageError> {
+    // Lines that are not UTF-8 fail here too, and serde names the column.
+    let value: Value = serde_json::from_slice(line).map_err(|err| MessageError::InvalidJson {
+        reason: err.to_string(),
+    })?;
+    let Value::Object(mut object) = value else {
+        return Err(MessageError::NotAnObject {
+            found: type_name(&value),
+        });
+    };
+
+    let kind = required_string(&mut object, "type")?;
+    let job_id = required_string(&mut object, "jobId")?;
+    let timestamp = object.get("timestamp").and_then(timestamp_millis);
+
+    let mut clamped_percent = None;
+    let message = match kind.as_str() {
+        "started" => JobMessage::Started {
+            protocol: optional_protocol(&object)?,
+        },
+        "progress" => {
+            let raw = match object.get("percent") {
+                None | Some(Value::Null) => return Err(MessageError::MissingField { field: "percent" }),
+                Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
+                Some(other) => {
+                    return Err(wrong_type("percent", "a number", other));
+                }
+            };
+            if raw.is_nan() {
+                return Err(MessageError::InvalidValue {
+                    field: "percent",
+                    value: "NaN".into(),
+                    reason: "expected a number from 0 to 100",
+                });
+            }
+            let percent = raw.clamp(0.0, 100.0);
+            if percent != raw {
+                clamped_percent = Some(raw);
+            }
+            JobMessage::Progress {
+                percent,
+                message: optional_string(&mut object, "message")?,
+                data: optional_object(&mut object, "data")?,
+            }
+        }
+        "heartbeat" => JobMessage::Heartbeat,
+        "log" => {
+            let level_text = required_string(&mut object, "level")?;
+            let level = LogLevel::parse(&level_text).ok_or_else(|| MessageError::InvalidValue {
+                field: "level",
+                value: format!("{level_text:?}"),
+                reason: "expected one of \"debug\", \"info\", \"warn\", \"error\"",
+            })?;
+            JobMessage::Log {
+                level,
+                message: required_string(&mut object, "message")?,
+                data: optional_object(&mut object, "data")?,
+            }
+        }
+        "completed" => JobMessage::Completed {
+            result: object.remove("result"),
+        },
+        "failed" => JobMessage::Failed {
+            error: required_string(&mut object, "error")?,
+            stack: optional_string(&mut object, "stack")?,
+        },
+        _ => JobMessage::Unknown { kind },
+    };
+
+    Ok(ParsedMessage {
+        job_id,
+        timestamp,
+        message,
+        clamped_percent,
+    })
+}
+
+fn required_string(object: &mut Map<String, Value>, field: &'static str) -> Result<String, MessageError> {
+    match object.remove(field) {
+        None | Some(Value::Null) => Err(MessageError::MissingField { field }),
+        Some(Value::String(text)) => Ok(text),
+        Some(other) => Err(wrong_type(field, "a string", &other)),
+    }
+}
+
+fn optional_string(object: &mut Map<String, Value>, field: &'static str) -> Result<Option<String>, MessageError> {
+    match object.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(other) => Err(wrong_type(field, "a string", &other)),
+    }
+}
+
+fn optional_object(object: &mut Map<String, Value>, field: &'static str) -> Result<Option<Value>, MessageError> {
+    match object.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value @ Value::Object(_)) => Ok(Some(value)),
+        Some(other) => Err(wrong_type(field, "an object", &other)),
+    }
+}
+
+fn optional_protocol(object: &Map<String, Value>) -> Result<Option<u32>, MessageError> {
+    match object.get("protocol") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64().and_then(|v| u32::try_from(v).ok()) {
+            Some(version) => Ok(Some(version)),
+            None => Err(MessageError::InvalidValue {
+                field: "protocol",
+                value: n.to_string(),
+                reason: "expected a positive integer such as 2",
+            }),
+        },
+        Some(other) => Err(wrong_type("protocol", "an integer", other)),
+    }
+}
+
+fn timestamp_millis(value: &Value) -> Option<i64> {
+    let number = value.as_f64()?;
+    if number.is_finite() && number.abs() < 1e15 {
+        Some(number as i64)
+    } else {
+        None
+    }
+}
+
+fn wrong_type(field: &'static str, expected: &'static str, found: &Value) -> MessageError {
+    MessageError::WrongType {
+        field,
+        expected,
+        found: describe(found),
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Describes a value for an error message: its type and a short excerpt.
+fn describe(value: &Value) -> String {
+    let mut text = value.to_string();
+    if text.len() > 40 {
+        let mut cut = 37;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    format!("{} {text}", type_name(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ok(line: &str) -> ParsedMessage {
+        parse_line(line.as_bytes()).unwrap_or_else(|e| panic!("{line} should parse: {e}"))
+    }
+
+    #[test]
+    fn valid_lines() {
+        let cases: Vec<(&str, JobMessage)> = vec![
+            (r#"{"type":"started","jobId":"j","timestamp":1}"#, JobMessage::Started { protocol: None }),
+            (r#"{"type":"started","jobId":"j","protocol":2}"#, JobMessage::Started { protocol: Some(2) }),
+            (
+                r#"{"type":"progress","jobId":"j","timestamp":1,"percent":50,"message":"half","data":{"step":"resize"}}"#,
+                JobMessage::Progress { percent: 50.0, message: Some("half".into()), data: Some(json!({"step":"resize"})) },
+            ),
+            (r#"{"type":"progress","jobId":"j","percent":12.5}"#, JobMessage::Progress { percent: 12.5, message: None, data: None }),
+            (r#"{"type":"progress","jobId":"j","percent":1,"message":null,"data":null}"#, JobMessage::Progress { percent: 1.0, message: None, data: None }),
+            (r#"{"type":"heartbeat","jobId":"j","timestamp":1}"#, JobMessage::Heartbeat),
+            (
+                r#"{"type":"log","jobId":"j","level":"warn","message":"careful","data":{"k":1}}"#,
+                JobMessage::Log { level: LogLevel::Warn, message: "careful".into(), data: Some(json!({"k":1})) },
+            ),
+            (r#"{"type":"log","jobId":"j","level":"debug","message":""}"#, JobMessage::Log { level: LogLevel::Debug, message: String::new(), data: None }),
+            (r#"{"type":"completed","jobId":"j","result":{"ok":true}}"#, JobMessage::Completed { result: Some(json!({"ok":true})) }),
+            (r#"{"type":"completed","jobId":"j","result":[1,2]}"#, JobMessage::Completed { result: Some(json!([1,2])) }),
+            (r#"{"type":"completed","jobId":"j"}"#, JobMessage::Completed { result: None }),
+            (r#"{"type":"failed","jobId":"j","error":"boom","stack":"at line 1"}"#, JobMessage::Failed { error: "boom".into(), stack: Some("at line 1".into()) }),
+            (r#"{"type":"failed","jobId":"j","error":"boom"}"#, JobMessage::Failed { error: "boom".into(), stack: None }),
+            (r#"{"type":"resize","jobId":"j"}"#, JobMessage::Unknown { kind: "resize".into() }),
+            (r#"{"type":"heartbeat","jobId":"j","extra":{"ignored":true}}"#, JobMessage::Heartbeat),
+            ("{\"type\":\"log\",\"jobId\":\"j\",\"level\":\"info\",\"message\":\"caf\u{e9} \\\"q\\\" \\n\"}", JobMessage::Log { level: LogLevel::Info, message: "caf\u{e9} \"q\" \n".into(), data: None }),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(ok(line).message, expected, "line: {line}");
+        }
+    }
+
+    #[test]
+    fn timestamp_is_optional_and_lenient() {
+        assert_eq!(ok(r#"{"type":"heartbeat","jobId":"j","timestamp":1700000000123}"#).timestamp, Some(1_700_000_000_123));
+        assert_eq!(ok(r#"{"type":"heartbeat","jobId":"j"}"#).timestamp, None);
+        assert_eq!(ok(r#"{"type":"heartbeat","jobId":"j","timestamp":"yesterday"}"#).timestamp, None);
+        assert_eq!(ok(r#"{"type":"heartbeat","jobId":"j","timestamp":null}"#).timestamp, None);
+    }
+
+    #[test]
+    fn percent_outside_range_is_clamped() {
+        let high = ok(r#"{"type":"progress","jobId":"j","percent":150}"#);
+        assert_eq!(high.message, JobMessage::Progress { percent: 100.0, message: None, data: None });
+        assert_eq!(high.clamped_percent, Some(150.0));
+        let low = ok(r#"{"type":"progress","jobId":"j","percent":-3}"#);
+        assert_eq!(low.message, JobMessage::Progress { percent: 0.0, message: None, data: None });
+        assert_eq!(low.clamped_percent, Some(-3.0));
+        assert_eq!(ok(r#"{"type":"progress","jobId":"j","percent":100}"#).clamped_percent, None);
+    }
+
+    #[test]
+    fn invalid_lines_name_the_field() {
+        let cases: Vec<(&[u8], &str)> = vec![
+            (b"not json", "invalid JSON"),
+            (b"{\"type\":\"heartbeat\"", "invalid JSON"),
+            (b"", "invalid JSON"),
+            (b"\xff\xfe{}", "invalid JSON"),
+            (b"[1,2]", "expected a JSON object, found an array"),
+            (b"\"text\"", "expected a JSON object, found a string"),
+            (br#"{"jobId":"j"}"#, "missing field `type`"),
+            (br#"{"type":"heartbeat"}"#, "missing field `jobId`"),
+            (br#"{"type":"heartbeat","jobId":null}"#, "missing field `jobId`"),
+            (br#"{"type":7,"jobId":"j"}"#, "field `type` must be a string, found a number 7"),
+            (br#"{"type":"heartbeat","jobId":42}"#, "field `jobId` must be a string, found a number 42"),
+            (br#"{"type":"progress","jobId":"j"}"#, "missing field `percent`"),
+            (br#"{"type":"progress","jobId":"j","percent":"50"}"#, "field `percent` must be a number, found a string \"50\""),
+            (br#"{"type":"progress","jobId":"j","percent":5,"message":5}"#, "field `message` must be a string"),
+            (br#"{"type":"progress","jobId":"j","percent":5,"data":[1]}"#, "field `data` must be an object, found an array"),
+            (br#"{"type":"log","jobId":"j","message":"m"}"#, "missing field `level`"),
+            (br#"{"type":"log","jobId":"j","level":"loud","message":"m"}"#, "field `level` has value \"loud\""),
+            (br#"{"type":"log","jobId":"j","level":"info"}"#, "missing field `message`"),
+            (br#"{"type":"log","jobId":"j","level":"info","message":{"a":1}}"#, "field `message` must be a string, found an object"),
+            (br#"{"type":"failed","jobId":"j"}"#, "missing field `error`"),
+            (br#"{"type":"failed","jobId":"j","error":{"code":1}}"#, "field `error` must be a string"),
+            (br#"{"type":"failed","jobId":"j","error":"e","stack":1}"#, "field `stack` must be a string"),
+            (br#"{"type":"started","jobId":"j","protocol":"2"}"#, "field `protocol` must be an integer"),
+            (br#"{"type":"started","jobId":"j","protocol":-1}"#, "field `protocol` has value -1"),
+        ];
+        for (line, expected) in cases {
+            let err = parse_line(line).expect_err(&format!("{} should be rejected", String::from_utf8_lossy(line)));
+            let text = err.to_string();
+            assert!(text.contains(expected), "line {:?}: error {text:?} should contain {expected:?}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn long_values_are_shortened_in_errors() {
+        let line = format!(r#"{{"type":"heartbeat","jobId":["{}"]}}"#, "x".repeat(500));
+        let text = parse_line(line.as_bytes()).unwrap_err().to_string();
+        assert!(text.len() < 150, "error too long: {text}");
+        assert!(text.ends_with("..."));
+    }
+}
