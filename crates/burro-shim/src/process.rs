@@ -1,0 +1,179 @@
+//! Starting, signalling and reaping the job process and its descendants.
+
+use burro_protocol::control::{ExitReport, ShimSpec};
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+
+/// Name of the variable that tells a job which inherited pipe it may write
+/// message lines to.
+pub const MESSAGE_FD_VAR: &str = "BURRO_MESSAGE_FD";
+
+/// Builds the job's command: its own process group, the exact environment
+/// from the spec, and piped standard streams. Pure apart from the pipe fd.
+pub fn build_command(spec: &ShimSpec, message_fd: Option<RawFd>) -> Command {
+    let mut command = Command::new(&spec.command);
+    command
+        .args(&spec.args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
+    }
+    if let Some(fd) = message_fd {
+        command.env(MESSAGE_FD_VAR, fd.to_string());
+        // SAFETY: the closure only calls fcntl, which is async-signal-safe,
+        // on a descriptor that stays open in the parent until after spawn.
+        unsafe {
+            command.pre_exec(move || {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    command
+}
+
+/// Creates a pipe whose both ends are close-on-exec.
+pub fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by us.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Makes this process a child subreaper, so descendants that leave the
+/// job's process group are reparented to the shim when their parent dies.
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes one integer argument.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Opens a pidfd for `pid`, which becomes readable when the process exits.
+/// Returns `None` on kernels without `pidfd_open` (before Linux 5.3).
+pub fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the syscall succeeded, so `fd` is a new descriptor we own.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// How the leader ended, observed without reaping it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Code(i32),
+    Signal(i32),
+}
+
+/// Checks whether the leader has exited, leaving it unreaped (`WNOWAIT`) so
+/// its process-group id cannot be reused while the group is signalled.
+pub fn peek_exit(pid: Pid) -> io::Result<Option<Ended>> {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
+    match waitid(Id::Pid(pid), flags) {
+        Ok(WaitStatus::Exited(_, code)) => Ok(Some(Ended::Code(code))),
+        Ok(WaitStatus::Signaled(_, signal, _)) => Ok(Some(Ended::Signal(signal as i32))),
+        Ok(_) => Ok(None),
+        Err(errno) => Err(io::Error::from(errno)),
+    }
+}
+
+/// Reaps the leader after [`peek_exit`] reported its end.
+pub fn reap(child: &mut Child) {
+    let _ = child.wait();
+}
+
+/// Sends `signal` to the job's process group. The caller guarantees the
+/// leader is not reaped yet, so the group id still names this job.
+pub fn signal_group(pgid: Pid, signal: Signal) {
+    match killpg(pgid, signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(err) => eprintln!("burro-shim: signalling process group {pgid} with {signal} failed: {err}"),
+    }
+}
+
+/// Lists this process's children as the kernel reports them.
+pub fn list_children() -> Vec<Pid> {
+    let mut children = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return children;
+    };
+    for task in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("children")) else {
+            continue;
+        };
+        children.extend(
+            text.split_whitespace()
+                .filter_map(|word| word.parse::<i32>().ok())
+                .map(Pid::from_raw),
+        );
+    }
+    children
+}
+
+/// Signals every child of the shim except `leader`. These are descendants
+/// that were reparented to the shim; they are unreaped children of ours, so
+/// their pids cannot have been reused.
+pub fn signal_orphans(leader: Option<Pid>, signal: Signal) -> usize {
+    let mut count = 0;
+    for pid in list_children() {
+        if Some(pid) == leader {
+            continue;
+        }
+        if nix::sys::signal::kill(pid, signal).is_ok() {
+            count += 1;
+        }
+        // An orphan may have its own process group; signal it too.
+        if let Ok(pgid) = nix::unistd::getpgid(Some(pid)) {
+            if pgid == pid {
+                let _ = killpg(pgid, signal);
+            }
+        }
+    }
+    count
+}
+
+/// Reaps every exited child without blocking; returns how many were reaped.
+pub fn reap_exited() -> usize {
+    let mut reaped = 0;
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return reaped,
+            Ok(_) => reaped += 1,
+        }
+    }
+}
+
+/// Fills the code or signal of an exit report.
+pub fn describe_end(ended: Ended, report: &mut ExitReport) {
+    match ended {
+        Ended::Code(code) => report.code = Some(code),
+        Ended::Signal(signal) => report.signal = Some(signal),
+    }
+}
+
+/// Returns the raw descriptor number, for the job's environment.
+pub fn raw(fd: &OwnedFd) -> RawFd {
+    fd.as_raw_fd()
+}

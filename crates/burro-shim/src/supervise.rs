@@ -1,0 +1,433 @@
+//! The supervisor loop: start the job, forward what it produces, enforce its
+//! timeout, carry out the server's commands, and report its exit once every
+//! message it sent before exiting has been forwarded.
+
+use crate::connections::{self, ConnectionLimits, Item, JobListener, Registry, Stream};
+use crate::process::{self, Ended};
+use crate::session::{self, Command};
+use burro_protocol::control::{ExitReport, Hello, ShimFrame, ShimSpec, TransportSpec, CONTROL_VERSION};
+use burro_protocol::Payload;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::rc::Rc;
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, Instant};
+
+/// Messages that already left the job are drained for at most this long
+/// after it exits, so a descendant holding a connection open cannot hold the
+/// job.
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+/// The shim stops reading from the job while this many bytes wait for the
+/// server's acknowledgement.
+const MAX_UNACKED_BYTES: usize = 64 * 1024 * 1024;
+/// Capacity of the channel between the job-side tasks and this loop.
+const ITEM_QUEUE: usize = 256;
+/// How often exited descendants are reaped and liveness is polled when no
+/// pidfd is available.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Where the job is in its life, as the shim sees it.
+enum Phase {
+    Running,
+    /// The leader exited (unreaped); messages still in flight are read.
+    Draining { ended: Ended, deadline: Instant },
+    /// The exit frame was queued; waiting for the server's `BYE`.
+    Reported { since: Instant },
+}
+
+/// A termination in progress: SIGTERM was sent, SIGKILL follows at `kill_at`.
+struct Termination {
+    reason: String,
+    kill_at: Instant,
+    killed: bool,
+}
+
+pub async fn run(spec: ShimSpec) -> Result<(), String> {
+    tokio::task::LocalSet::new().run_until(supervise(spec)).await
+}
+
+async fn supervise(spec: ShimSpec) -> Result<(), String> {
+    let job_id: Rc<str> = Rc::from(spec.job_id.as_str());
+    let started_at = Instant::now();
+    if let Err(err) = process::become_subreaper() {
+        crate::shim_log!(job_id, "becoming a child subreaper failed: {err}; descendants that leave the process group may survive the job");
+    }
+
+    let (listener, address, socket_file) = bind_listener(&spec).await?;
+    let mut seq = 0u64;
+    let mut next_seq = || {
+        seq += 1;
+        seq
+    };
+
+    let message_pipe = if spec.message_fd {
+        Some(process::pipe_cloexec().map_err(|err| format!("creating the message pipe failed: {err}"))?)
+    } else {
+        None
+    };
+    let mut command = process::build_command(&spec, message_pipe.as_ref().map(|(_, write)| process::raw(write)));
+    match &spec.transport {
+        TransportSpec::Unix { .. } => {
+            command.env("DONKEYLABS_SOCKET_PATH", &address).env("DONKEYLABS_TCP_PORT", "");
+        }
+        TransportSpec::Tcp { .. } => {
+            let port = address.rsplit(':').next().unwrap_or_default().to_string();
+            command.env("DONKEYLABS_SOCKET_PATH", "").env("DONKEYLABS_TCP_PORT", port);
+        }
+    }
+    let spawned = command.spawn();
+    let message_reader = message_pipe.map(|(read, _write)| read);
+
+    let mut hello = Hello {
+        version: CONTROL_VERSION,
+        job_id: spec.job_id.clone(),
+        token: spec.token.clone(),
+        attempt: spec.attempt,
+        shim_pid: std::process::id(),
+        child_pid: None,
+        address: address.clone(),
+    };
+
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(err) => {
+            let reason = format!("starting {:?} failed: {err}", spec.command);
+            crate::shim_log!(job_id, "{reason}");
+            let mut handle = session::start(job_id.clone(), spec.control_socket.clone(), hello);
+            let report = ExitReport {
+                spawn_error: Some(reason),
+                elapsed_ms: started_at.elapsed().as_millis() as u64,
+                ..Default::default()
+            };
+            let seq = next_seq();
+            let _ = handle.frames.send((seq, ShimFrame::Exit { seq, report }.encode()));
+            wait_for_bye(&mut handle, Duration::from_millis(spec.linger_ms)).await;
+            remove_socket(&socket_file);
+            return Ok(());
+        }
+    };
+    let pid = Pid::from_raw(child.id() as i32);
+    hello.child_pid = Some(child.id());
+    let mut handle = session::start(job_id.clone(), spec.control_socket.clone(), hello);
+
+    let registry = Rc::new(Registry::default());
+    let (items_tx, mut items_rx) = mpsc::channel::<Item>(ITEM_QUEUE);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    start_job_side(&spec, &job_id, &mut child, message_reader, &address, &registry, &items_tx, &stop_rx)?;
+    let limits = ConnectionLimits {
+        max_message_bytes: spec.max_message_bytes,
+        max_connections: spec.max_connections,
+        idle_timeout: Duration::from_millis(spec.idle_timeout_ms),
+    };
+    let listener = Rc::new(listener);
+    {
+        let listener = listener.clone();
+        let (job_id, registry, items_tx, stop_rx) = (job_id.clone(), registry.clone(), items_tx.clone(), stop_rx.clone());
+        tokio::task::spawn_local(connections::accept_loop(job_id, listener, registry, items_tx, limits, stop_rx));
+    }
+
+    // SAFETY: the pidfd is owned by the AsyncFd and closed only when it drops.
+    let exit_fd = process::pidfd_open(child.id()).and_then(|fd| unsafe { AsyncFd::register(fd) }.ok());
+    let kill_grace = Duration::from_millis(spec.kill_grace_ms);
+    let timeout_at = spec.timeout_ms.map(|ms| started_at + Duration::from_millis(ms));
+    let far_future = Instant::now() + Duration::from_secs(86400 * 365);
+    let mut termination: Option<Termination> = None;
+    let mut phase = Phase::Running;
+    let mut got_bye = false;
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        let draining_deadline = match &phase {
+            Phase::Draining { deadline, .. } => *deadline,
+            _ => far_future,
+        };
+        let kill_at = match &termination {
+            Some(t) if !t.killed => t.kill_at,
+            _ => far_future,
+        };
+        let accepting_items = handle.shared.unacked_bytes.get() < MAX_UNACKED_BYTES;
+
+        tokio::select! {
+            item = items_rx.recv(), if accepting_items => {
+                if let Some(item) = item {
+                    let seq = next_seq();
+                    let _ = handle.frames.send((seq, encode_item(seq, item)));
+                }
+            }
+            command = handle.commands.recv() => match command {
+                Some(Command::Kill(reason)) => {
+                    if matches!(phase, Phase::Running) && termination.is_none() {
+                        termination = Some(terminate(&job_id, pid, reason, kill_grace));
+                    }
+                }
+                Some(Command::Send { conn, line }) => {
+                    if let Some(writer) = registry.writers.borrow().get(&conn) {
+                        let mut line = line;
+                        line.push(b'\n');
+                        let _ = writer.send(line);
+                    }
+                }
+                Some(Command::Bye) => got_bye = true,
+                Some(Command::Rejected) | None => {
+                    // The server will not take this job's reports: stop the
+                    // job rather than leave it running unsupervised.
+                    if matches!(phase, Phase::Running) && termination.is_none() {
+                        termination = Some(terminate(&job_id, pid, "rejected".into(), kill_grace));
+                    }
+                    got_bye = true;
+                }
+            },
+            _ = wait_readable(exit_fd.as_ref()), if matches!(phase, Phase::Running) => {
+                if let Some(ended) = poll_exit(&job_id, pid) {
+                    phase = begin_drain(&job_id, pid, ended, &listener, &registry, &items_tx, limits, &stop_rx).await;
+                }
+            }
+            _ = sleep_until(timeout_at.unwrap_or(far_future)), if timeout_at.is_some() && termination.is_none() && matches!(phase, Phase::Running) => {
+                let limit = spec.timeout_ms.unwrap_or_default();
+                crate::shim_log!(job_id, "timed out after {limit} ms; terminating");
+                termination = Some(terminate(&job_id, pid, "timeout".into(), kill_grace));
+            }
+            _ = sleep_until(kill_at) => {
+                if let Some(t) = termination.as_mut() {
+                    t.killed = true;
+                    if matches!(phase, Phase::Running | Phase::Draining { .. }) {
+                        process::signal_group(pid, Signal::SIGKILL);
+                    }
+                    process::signal_orphans(Some(pid), Signal::SIGKILL);
+                }
+            }
+            _ = sleep_until(draining_deadline) => {
+                // Stop reading: whatever is still open after the drain limit
+                // belongs to a descendant, not to the job's own report.
+                let _ = stop_tx.send(true);
+                if let Phase::Draining { ended, .. } = phase {
+                    phase = Phase::Draining { ended, deadline: far_future };
+                }
+            }
+            _ = ticker.tick() => {
+                if exit_fd.is_none() && matches!(phase, Phase::Running) {
+                    if let Some(ended) = poll_exit(&job_id, pid) {
+                        phase = begin_drain(&job_id, pid, ended, &listener, &registry, &items_tx, limits, &stop_rx).await;
+                    }
+                }
+                if matches!(phase, Phase::Reported { .. }) {
+                    process::reap_exited();
+                }
+            }
+        }
+
+        // Once every source is done and every item is queued, report the exit.
+        if let Phase::Draining { ended, .. } = phase {
+            if registry.active_sources.get() == 0 {
+                let _ = stop_tx.send(true);
+                while let Ok(item) = items_rx.try_recv() {
+                    let seq = next_seq();
+                    let _ = handle.frames.send((seq, encode_item(seq, item)));
+                }
+                process::reap(&mut child);
+                let mut report = ExitReport {
+                    reason: termination.as_ref().map(|t| t.reason.clone()),
+                    elapsed_ms: started_at.elapsed().as_millis() as u64,
+                    ..Default::default()
+                };
+                process::describe_end(ended, &mut report);
+                let seq = next_seq();
+                let _ = handle.frames.send((seq, ShimFrame::Exit { seq, report }.encode()));
+                // Descendants got SIGTERM when the leader exited; the rest
+                // get SIGKILL after the grace period.
+                termination = Some(Termination {
+                    reason: String::new(),
+                    kill_at: Instant::now() + kill_grace,
+                    killed: false,
+                });
+                phase = Phase::Reported { since: Instant::now() };
+            }
+        }
+
+        if let Phase::Reported { since } = phase {
+            process::reap_exited();
+            let children_left = !process::list_children().is_empty();
+            if got_bye && !children_left {
+                break;
+            }
+            if since.elapsed() > Duration::from_millis(spec.linger_ms) {
+                crate::shim_log!(job_id, "the server did not confirm the exit within {} ms; leaving", spec.linger_ms);
+                break;
+            }
+        }
+    }
+
+    remove_socket(&socket_file);
+    Ok(())
+}
+
+fn encode_item(seq: u64, item: Item) -> Vec<u8> {
+    let frame = match item {
+        Item::Message { conn, line } => ShimFrame::Message { seq, conn, line },
+        Item::Stdout(line) => ShimFrame::Stdout { seq, line },
+        Item::Stderr(line) => ShimFrame::Stderr { seq, line },
+        Item::Oversize { conn, len } => ShimFrame::Oversize { seq, conn, len },
+    };
+    frame.encode()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_job_side(
+    spec: &ShimSpec,
+    job_id: &Rc<str>,
+    child: &mut std::process::Child,
+    message_reader: Option<OwnedFd>,
+    address: &str,
+    registry: &Rc<Registry>,
+    items: &mpsc::Sender<Item>,
+    stop: &watch::Receiver<bool>,
+) -> Result<(), String> {
+    let pipe_error = |what: &str, err: std::io::Error| format!("setting up the job's {what} failed: {err}");
+
+    // The payload is written by its own task: a job that never reads its
+    // standard input must not stall the shim, whatever the payload's size.
+    let payload = Payload {
+        job_id: &spec.job_id,
+        name: &spec.job_name,
+        data: &spec.data,
+        socket_path: address,
+    }
+    .to_line();
+    if let Some(stdin) = child.stdin.take() {
+        let mut sender = tokio::net::unix::pipe::Sender::from_owned_fd(OwnedFd::from(stdin))
+            .map_err(|err| pipe_error("standard input", err))?;
+        tokio::task::spawn_local(async move {
+            let _ = sender.write_all(&payload).await;
+        });
+    }
+    let max_line = spec.max_log_line.max(1);
+    if let Some(stdout) = child.stdout.take() {
+        let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(stdout))
+            .map_err(|err| pipe_error("standard output", err))?;
+        connections::spawn_output(Stream::Stdout, receiver, registry, items, max_line, stop);
+    }
+    if let Some(stderr) = child.stderr.take() {
+        let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(stderr))
+            .map_err(|err| pipe_error("standard error", err))?;
+        connections::spawn_output(Stream::Stderr, receiver, registry, items, max_line, stop);
+    }
+    if let Some(read) = message_reader {
+        match tokio::net::unix::pipe::Receiver::from_owned_fd(read) {
+            Ok(receiver) => connections::spawn_message_pipe(receiver, registry, items, spec.max_message_bytes, stop),
+            Err(err) => crate::shim_log!(job_id, "{}", pipe_error("message pipe", err)),
+        }
+    }
+    Ok(())
+}
+
+async fn bind_listener(spec: &ShimSpec) -> Result<(JobListener, String, Option<String>), String> {
+    match &spec.transport {
+        TransportSpec::Unix { path } => {
+            // A socket file left by an earlier attempt of the same job would
+            // make bind fail with EADDRINUSE.
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                use std::os::unix::fs::FileTypeExt;
+                if meta.file_type().is_socket() {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            let listener = tokio::net::UnixListener::bind(path)
+                .map_err(|err| format!("binding the job socket {path} failed: {err}"))?;
+            // bind applies the umask, so set the mode on the path afterwards.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|err| format!("setting mode 0600 on the job socket {path} failed: {err}"))?;
+            Ok((JobListener::Unix(listener), path.clone(), Some(path.clone())))
+        }
+        TransportSpec::Tcp { port_low, port_high } => {
+            let (low, high) = (*port_low, (*port_high).max(*port_low));
+            let span = u32::from(high - low) + 1;
+            let start = std::process::id() % span;
+            for offset in 0..span {
+                let port = low + ((start + offset) % span) as u16;
+                if let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                    return Ok((JobListener::Tcp(listener), format!("tcp://127.0.0.1:{port}"), None));
+                }
+            }
+            Err(format!("no free TCP port on 127.0.0.1 in the range {low}-{high} (tcp_port_range)"))
+        }
+    }
+}
+
+fn remove_socket(socket_file: &Option<String>) {
+    if let Some(path) = socket_file {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+async fn wait_readable(fd: Option<&AsyncFd<OwnedFd>>) {
+    match fd {
+        Some(fd) => {
+            if let Ok(mut guard) = fd.readable().await {
+                // A pidfd stays readable once the process has exited.
+                guard.retain_ready();
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn poll_exit(job_id: &str, pid: Pid) -> Option<Ended> {
+    match process::peek_exit(pid) {
+        Ok(ended) => ended,
+        Err(err) => {
+            crate::shim_log!(job_id, "checking the job process {pid} failed: {err}");
+            None
+        }
+    }
+}
+
+fn terminate(job_id: &str, pid: Pid, reason: String, kill_grace: Duration) -> Termination {
+    crate::shim_log!(job_id, "terminating process group {pid} ({reason})");
+    process::signal_group(pid, Signal::SIGTERM);
+    Termination {
+        reason,
+        kill_at: Instant::now() + kill_grace,
+        killed: false,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn begin_drain(
+    job_id: &Rc<str>,
+    pid: Pid,
+    ended: Ended,
+    listener: &Rc<JobListener>,
+    registry: &Rc<Registry>,
+    items: &mpsc::Sender<Item>,
+    limits: ConnectionLimits,
+    stop: &watch::Receiver<bool>,
+) -> Phase {
+    // The leader is still unreaped, so its process-group id cannot have been
+    // reused: signal the group, then the descendants that left it.
+    process::signal_group(pid, Signal::SIGTERM);
+    process::signal_orphans(Some(pid), Signal::SIGTERM);
+    connections::accept_backlog(job_id, listener, registry, items, limits, stop).await;
+    Phase::Draining {
+        ended,
+        deadline: Instant::now() + DRAIN_LIMIT,
+    }
+}
+
+async fn wait_for_bye(handle: &mut session::SessionHandle, linger: Duration) {
+    let deadline = Instant::now() + linger;
+    loop {
+        tokio::select! {
+            command = handle.commands.recv() => match command {
+                Some(Command::Bye) | Some(Command::Rejected) | None => return,
+                Some(_) => {}
+            },
+            _ = sleep_until(deadline) => return,
+        }
+    }
+}
