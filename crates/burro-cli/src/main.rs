@@ -1,1 +1,143 @@
-fn main() {}
+//! The `burro` command: run the server, run the demo, and drive a running
+//! server over HTTP.
+
+mod client;
+mod commands;
+mod demo;
+mod serve;
+mod sse;
+mod watch;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit status for a job that failed or was cancelled.
+pub const EXIT_JOB_FAILED: u8 = 1;
+/// Exit status for bad usage or an unreachable server.
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "burro", version, about = "A job server for external jobs in any language")]
+struct Cli {
+    /// Base URL of the server for client commands.
+    #[arg(long, global = true, env = "BURRO_SERVER", default_value = "http://127.0.0.1:3000")]
+    server: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Configuration file; default: ./burro.toml when present.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Start a server with the example configuration and run two demo jobs
+    /// (Python and shell) with live progress bars.
+    Demo {
+        /// Configuration file; default: examples/burro.toml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Keep serving after the demo jobs finish, until Ctrl-C.
+        #[arg(long)]
+        keep_running: bool,
+    },
+    /// Enqueue a job and print its id.
+    Enqueue {
+        /// Registered job name.
+        name: String,
+        /// Job data as JSON.
+        #[arg(long, conflicts_with = "data_file")]
+        data: Option<String>,
+        /// File holding the job data as JSON ("-" reads standard input).
+        #[arg(long)]
+        data_file: Option<PathBuf>,
+        /// Runs including the first (1 = never retry).
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Earliest start: RFC 3339 time or a delay such as +10m.
+        #[arg(long)]
+        at: Option<String>,
+        /// Per-attempt time limit, such as 30s or 5m.
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Watch the job until it ends, with a progress bar.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show one job.
+    Status {
+        id: String,
+        /// Print the job as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List jobs, newest first.
+    List {
+        /// Only jobs with this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only jobs with this name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Page size (at most 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Jobs to skip.
+        #[arg(long, default_value_t = 0)]
+        offset: u32,
+        /// Print the page as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job.
+    Cancel { id: String },
+    /// Follow a job's progress until it ends; exits 0 when it completes.
+    Watch { id: String },
+    /// Print a job's log.
+    Logs {
+        id: String,
+        /// Keep printing new lines until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the async runtime failed: {err}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = client::Client::new(&cli.server)?;
+    match cli.command {
+        Command::Serve { config } => serve::serve(config).await,
+        Command::Demo { config, keep_running } => demo::demo(config, keep_running).await,
+        Command::Enqueue { name, data, data_file, max_attempts, at, timeout, wait } => {
+            let request = commands::EnqueueRequest { name, data, data_file, max_attempts, at, timeout };
+            commands::enqueue(&client, request, wait).await
+        }
+        Command::Status { id, json } => commands::status(&client, &id, json).await,
+        Command::List { status, name, limit, offset, json } => commands::list(&client, status, name, limit, offset, json).await,
+        Command::Cancel { id } => commands::cancel(&client, &id).await,
+        Command::Watch { id } => watch::watch(&client, &id).await,
+        Command::Logs { id, follow } => commands::logs(&client, &id, follow).await,
+    }
+}

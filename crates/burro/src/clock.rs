@@ -1,0 +1,49 @@
+//! Wall-clock helpers. Stored times are milliseconds since the Unix epoch.
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// Returns the current time in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Formats epoch milliseconds as an RFC 3339 UTC string with milliseconds.
+pub fn to_rfc3339(ms: i64) -> String {
+    let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let time = time.replace_nanosecond((ms.rem_euclid(1000) as u32) * 1_000_000).unwrap_or(time);
+    time.format(&Rfc3339).unwrap_or_else(|_| ms.to_string())
+}
+
+/// Parses a time given as RFC 3339 (`2026-12-04T10:00:00Z`) or as a delay
+/// from now (`+10m`, `+30s`), returning epoch milliseconds.
+///
+/// # Errors
+///
+/// Returns a message with the text and both accepted forms.
+pub fn parse_time(text: &str, now_ms: i64) -> Result<i64, String> {
+    let trimmed = text.trim();
+    if let Some(delay) = trimmed.strip_prefix('+') {
+        let duration = crate::config::parse_duration(delay).map_err(|e| format!("{e}; a relative time looks like \"+10m\""))?;
+        return Ok(now_ms.saturating_add(duration.as_millis() as i64));
+    }
+    OffsetDateTime::parse(trimmed, &Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|_| format!("invalid time {text:?}: expected RFC 3339 such as \"2026-12-04T10:00:00Z\" or a delay such as \"+10m\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_and_parses() {
+        assert_eq!(to_rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(to_rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(parse_time("2023-11-14T22:13:20.123Z", 0).unwrap(), 1_700_000_000_123);
+        assert_eq!(parse_time("+10m", 1000).unwrap(), 601_000);
+        assert!(parse_time("tomorrow", 0).unwrap_err().contains("RFC 3339"));
+        assert!(parse_time("+10", 0).unwrap_err().contains("missing unit"));
+    }
+}

@@ -1,0 +1,459 @@
+//! The configuration file and the values it sets.
+//!
+//! Every key has a default, so an empty file is a valid configuration.
+//! Unknown keys are errors that name the key and the file. Relative paths
+//! are resolved against the directory of the configuration file.
+
+use super::duration::{parse_duration, serde_duration, serde_duration_option};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_BIND: &str = "127.0.0.1:3000";
+pub const DEFAULT_DATA_DIR: &str = ".burro";
+pub const DEFAULT_CONCURRENCY: usize = 5;
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_secs(1);
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_HEARTBEAT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = burro_protocol::DEFAULT_MAX_MESSAGE_BYTES;
+pub const DEFAULT_MAX_CONNECTIONS_PER_JOB: usize = 64;
+pub const DEFAULT_TCP_PORT_RANGE: [u16; 2] = [49152, 65535];
+pub const DEFAULT_SHIM_LINGER: Duration = Duration::from_secs(600);
+pub const DEFAULT_MAX_LOG_LINE: usize = 64 * 1024;
+pub const DEFAULT_BODY_LIMIT: usize = 10 * 1024 * 1024;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub jobs: JobsConfig,
+    pub external: ExternalConfig,
+    /// One table per external job, keyed by job name.
+    pub external_jobs: BTreeMap<String, ExternalJobConfig>,
+}
+
+/// `[server]`: where the server listens and keeps its state.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the HTTP API. Default `127.0.0.1:3000`.
+    pub bind: SocketAddr,
+    /// Directory for the SQLite file, job logs and shim logs. Default `.burro`.
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH`; default `sqlite://<data_dir>/jobs.db`.
+    pub database_url: Option<String>,
+    /// Path of the `burro-shim` binary; default: beside the running executable.
+    pub shim_path: Option<PathBuf>,
+    /// Largest accepted request body, in bytes. Default 10 MiB.
+    pub body_limit: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: DEFAULT_BIND.parse().expect("default bind address parses"),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            database_url: None,
+            shim_path: None,
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+}
+
+/// `[jobs]`: dispatch and retries for every job.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// Jobs running at once on this server, in-process and external
+    /// together. A slot is held until the job's process has exited. Default 5.
+    pub concurrency: usize,
+    /// Runs per job including the first (1 = never retry). Default 3.
+    pub max_attempts: u32,
+    /// `{ base = "1s", max = "5m" }`, or `false` to retry at once.
+    pub retry_backoff: RetryBackoff,
+    /// Safety-net poll of the store, for due scheduled jobs. Default 1 s.
+    #[serde(with = "serde_duration")]
+    pub poll_interval: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: DEFAULT_CONCURRENCY,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_backoff: RetryBackoff::default(),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+        }
+    }
+}
+
+/// Delay before a failed attempt is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RetryBackoff {
+    /// Retry at once.
+    Disabled,
+    /// `base * 2^(attempt-1)`, capped at `max`, with up to 25 % jitter.
+    Exponential { base: Duration, max: Duration },
+}
+
+impl Default for RetryBackoff {
+    fn default() -> Self {
+        RetryBackoff::Exponential {
+            base: DEFAULT_BACKOFF_BASE,
+            max: DEFAULT_BACKOFF_MAX,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RetryBackoff {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = toml::Value::deserialize(deserializer)?;
+        match value {
+            toml::Value::Boolean(false) => Ok(RetryBackoff::Disabled),
+            toml::Value::Boolean(true) => Ok(RetryBackoff::default()),
+            toml::Value::Table(table) => {
+                let mut base = DEFAULT_BACKOFF_BASE;
+                let mut max = DEFAULT_BACKOFF_MAX;
+                for (key, value) in table {
+                    let text = value.as_str().ok_or_else(|| {
+                        D::Error::custom(format!("retry_backoff.{key} must be a duration string such as \"1s\""))
+                    })?;
+                    let parsed = parse_duration(text).map_err(|e| D::Error::custom(format!("retry_backoff.{key}: {e}")))?;
+                    match key.as_str() {
+                        "base" => base = parsed,
+                        "max" => max = parsed,
+                        other => {
+                            return Err(D::Error::custom(format!(
+                                "unknown key retry_backoff.{other}; expected base or max"
+                            )))
+                        }
+                    }
+                }
+                Ok(RetryBackoff::Exponential { base, max })
+            }
+            other => Err(D::Error::custom(format!(
+                "retry_backoff must be false or a table such as {{ base = \"1s\", max = \"5m\" }}, found {other}"
+            ))),
+        }
+    }
+}
+
+/// How jobs reach their socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    #[default]
+    Unix,
+    Tcp,
+}
+
+/// `[external]`: settings shared by every external job.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExternalConfig {
+    /// Directory of the control socket and the job sockets; default
+    /// `/tmp/burro-<uid>`. Must be a directory owned by the server's user
+    /// with mode 0700 (created so when absent).
+    pub socket_dir: Option<PathBuf>,
+    pub transport: Transport,
+    /// Ports for the TCP transport, inclusive. Default `[49152, 65535]`.
+    pub tcp_port_range: [u16; 2],
+    /// Heartbeat timeout of jobs that do not set their own. Default 30 s.
+    #[serde(with = "serde_duration")]
+    pub default_heartbeat_timeout: Duration,
+    /// How often heartbeats are checked. Default 10 s.
+    #[serde(with = "serde_duration")]
+    pub heartbeat_check_interval: Duration,
+    /// Time between SIGTERM and SIGKILL. Default 5 s.
+    #[serde(with = "serde_duration")]
+    pub kill_grace: Duration,
+    /// Longest message line, in bytes. Default 16 MiB.
+    pub max_message_bytes: usize,
+    /// Simultaneous connections to one job socket. Default 64.
+    pub max_connections_per_job: usize,
+    /// Offer jobs an inherited pipe named by `BURRO_MESSAGE_FD`. Default true.
+    pub message_fd: bool,
+    /// Longest stdout or stderr line kept whole, in bytes; longer lines are
+    /// split. Default 64 KiB.
+    pub max_log_line: usize,
+    /// How long a shim whose job has exited waits for an absent server.
+    /// Default 10 m.
+    #[serde(with = "serde_duration")]
+    pub shim_linger: Duration,
+}
+
+impl Default for ExternalConfig {
+    fn default() -> Self {
+        Self {
+            socket_dir: None,
+            transport: Transport::Unix,
+            tcp_port_range: DEFAULT_TCP_PORT_RANGE,
+            default_heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+            heartbeat_check_interval: DEFAULT_HEARTBEAT_CHECK_INTERVAL,
+            kill_grace: DEFAULT_KILL_GRACE,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_connections_per_job: DEFAULT_MAX_CONNECTIONS_PER_JOB,
+            message_fd: true,
+            max_log_line: DEFAULT_MAX_LOG_LINE,
+            shim_linger: DEFAULT_SHIM_LINGER,
+        }
+    }
+}
+
+impl ExternalConfig {
+    /// Returns the socket directory, `/tmp/burro-<uid>` unless configured.
+    pub fn socket_dir(&self) -> PathBuf {
+        self.socket_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("/tmp/burro-{}", nix::unistd::getuid())))
+    }
+}
+
+/// `[external_jobs.NAME]`: one external job.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalJobConfig {
+    /// Program to run, such as `python3` or `./worker.sh`. Never run through a shell.
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Working directory; default: the server's.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// Variables added to the job's environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Default: `[external] default_heartbeat_timeout`.
+    #[serde(default, with = "serde_duration_option")]
+    pub heartbeat_timeout: Option<Duration>,
+    /// Longest run of one attempt; none by default.
+    #[serde(default, with = "serde_duration_option")]
+    pub timeout: Option<Duration>,
+    /// Default: `[external] kill_grace`.
+    #[serde(default, with = "serde_duration_option")]
+    pub kill_grace: Option<Duration>,
+    /// Default: `[jobs] max_attempts`.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading the configuration file {path} failed: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file, resolving relative
+    /// paths against its directory.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`ConfigError`] naming the file, the key and the problem.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        config.resolve_paths(&base);
+        config.validate().map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses configuration text without resolving paths.
+    ///
+    /// # Errors
+    ///
+    /// Returns the parser's message, which names the key and the line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|err| err.to_string().trim_end().to_string())
+    }
+
+    /// Makes relative paths absolute against `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.server.data_dir);
+        if let Some(p) = self.server.shim_path.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = self.external.socket_dir.as_mut() {
+            resolve(p);
+        }
+        if let Some(url) = self.server.database_url.as_mut() {
+            if let Some(rest) = url.strip_prefix("sqlite://") {
+                let path = Path::new(rest.split('?').next().unwrap_or(rest));
+                if path.is_relative() && !rest.starts_with(':') {
+                    *url = format!("sqlite://{}", base.join(rest).display());
+                }
+            }
+        }
+        for job in self.external_jobs.values_mut() {
+            if let Some(cwd) = job.cwd.as_mut() {
+                resolve(cwd);
+            }
+            // A command given as a relative path ("./worker.sh") is relative
+            // to the configuration file too; a bare name is looked up in PATH.
+            if job.command.contains('/') && Path::new(&job.command).is_relative() {
+                job.command = base.join(&job.command).display().to_string();
+            }
+        }
+    }
+
+    /// Checks values that parse but cannot work.
+    ///
+    /// # Errors
+    ///
+    /// Returns a message naming the key, the value and the limit.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.jobs.concurrency == 0 {
+            return Err("jobs.concurrency is 0: it must be at least 1".into());
+        }
+        if self.jobs.max_attempts == 0 {
+            return Err("jobs.max_attempts is 0: it must be at least 1 (1 means never retry)".into());
+        }
+        let [low, high] = self.external.tcp_port_range;
+        if low == 0 || low > high {
+            return Err(format!("external.tcp_port_range [{low}, {high}] is invalid: expected [low, high] with 0 < low <= high"));
+        }
+        if self.external.max_message_bytes < 1024 {
+            return Err(format!("external.max_message_bytes is {}: it must be at least 1024", self.external.max_message_bytes));
+        }
+        if self.external.max_connections_per_job == 0 {
+            return Err("external.max_connections_per_job is 0: it must be at least 1".into());
+        }
+        if self.external.default_heartbeat_timeout.is_zero() {
+            return Err("external.default_heartbeat_timeout must be greater than 0".into());
+        }
+        if self.external.heartbeat_check_interval.is_zero() {
+            return Err("external.heartbeat_check_interval must be greater than 0".into());
+        }
+        for (name, job) in &self.external_jobs {
+            burro_protocol::names::validate_job_name(name).map_err(|e| format!("external_jobs.{name}: {e}"))?;
+            if job.command.trim().is_empty() {
+                return Err(format!("external_jobs.{name}.command is empty: set the program to run"));
+            }
+            if job.max_attempts == Some(0) {
+                return Err(format!("external_jobs.{name}.max_attempts is 0: it must be at least 1"));
+            }
+            if job.heartbeat_timeout.is_some_and(|d| d.is_zero()) {
+                return Err(format!("external_jobs.{name}.heartbeat_timeout must be greater than 0"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns the database URL, `sqlite://<data_dir>/jobs.db` unless set.
+    pub fn database_url(&self) -> String {
+        self.server
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.server.data_dir.join("jobs.db").display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.jobs.concurrency, 5);
+        assert_eq!(config.jobs.max_attempts, 3);
+        assert_eq!(config.server.bind.to_string(), "127.0.0.1:3000");
+        assert_eq!(config.external.default_heartbeat_timeout, Duration::from_secs(30));
+        assert_eq!(config.jobs.retry_backoff, RetryBackoff::Exponential { base: Duration::from_secs(1), max: Duration::from_secs(300) });
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let text = r#"
+            [server]
+            bind = "127.0.0.1:4000"
+            data_dir = "state"
+            [jobs]
+            concurrency = 2
+            max_attempts = 1
+            retry_backoff = false
+            [external]
+            transport = "tcp"
+            tcp_port_range = [50000, 50100]
+            kill_grace = "2s"
+            [external_jobs.process-video]
+            command = "python3"
+            args = ["-m", "video"]
+            cwd = "workers"
+            env = { MODE = "fast" }
+            heartbeat_timeout = "60s"
+            timeout = "1h"
+        "#;
+        let mut config = Config::parse(text).unwrap();
+        config.resolve_paths(Path::new("/etc/burro"));
+        assert_eq!(config.jobs.retry_backoff, RetryBackoff::Disabled);
+        assert_eq!(config.external.transport, Transport::Tcp);
+        assert_eq!(config.server.data_dir, PathBuf::from("/etc/burro/state"));
+        let job = &config.external_jobs["process-video"];
+        assert_eq!(job.cwd.as_deref(), Some(Path::new("/etc/burro/workers")));
+        assert_eq!(job.timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(job.env["MODE"], "fast");
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse("[jobs]\nconcurency = 3\n").unwrap_err();
+        assert!(err.contains("concurency"), "{err}");
+        let err = Config::parse("[external_jobs.x]\ncommand = \"a\"\ntimout = \"1s\"\n").unwrap_err();
+        assert!(err.contains("timout"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let err = Config::parse("[jobs]\nretry_backoff = { base = \"1x\" }\n").unwrap_err();
+        assert!(err.contains("unknown unit"), "{err}");
+        let err = Config::parse("[external]\nkill_grace = \"5\"\n").unwrap_err();
+        assert!(err.contains("missing unit"), "{err}");
+        let config = Config::parse("[jobs]\nconcurrency = 0\n").unwrap();
+        assert!(config.validate().unwrap_err().contains("jobs.concurrency"));
+        let config = Config::parse("[external_jobs.external]\ncommand = \"x\"\n").unwrap();
+        assert!(config.validate().unwrap_err().contains("reserved"));
+    }
+
+    #[test]
+    fn relative_command_resolves_against_config_dir() {
+        let mut config = Config::parse("[external_jobs.a]\ncommand = \"./run.sh\"\n[external_jobs.b]\ncommand = \"python3\"\n").unwrap();
+        config.resolve_paths(Path::new("/srv/app"));
+        assert_eq!(config.external_jobs["a"].command, "/srv/app/./run.sh");
+        assert_eq!(config.external_jobs["b"].command, "python3");
+    }
+}

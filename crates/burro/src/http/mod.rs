@@ -1,0 +1,27 @@
+//! The HTTP API under `/api`, plus `/health`.
+
+mod error;
+mod events;
+mod jobs;
+
+pub use error::ApiError;
+
+use crate::server::Core;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+/// Builds the API router.
+pub fn router(core: Core, body_limit: usize) -> Router {
+    Router::new()
+        .route("/api/jobs", post(jobs::create).get(jobs::list))
+        .route("/api/jobs/{id}", get(jobs::get_one))
+        .route("/api/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/api/jobs/{id}/logs", get(jobs::logs))
+        .route("/api/jobs/{id}/events", get(events::job_events))
+        .route("/api/events", get(events::channel_events))
+        .route("/health", get(jobs::health))
+        .fallback(error::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(core)
+}

@@ -1,0 +1,289 @@
+//! Claiming due jobs, running them, and recording how they ended.
+
+use super::handler::JobContext;
+use super::live::FLUSH_INTERVAL;
+use super::outcome::{external_outcome, retry_decision, Outcome, RetryDecision};
+use super::service::{Registration, RunningEntry, Shared};
+use crate::clock::{now_ms, to_rfc3339};
+use crate::store::{ClaimRequest, Job, JobFinish, JobStatus};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+/// Delay before claiming again after a store error.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// Claims due jobs while slots are free, then sleeps until woken by an
+/// enqueue or a finished job, the next scheduled job, or the safety-net poll.
+pub(crate) async fn dispatcher(shared: Arc<Shared>) {
+    let mut failing = false;
+    loop {
+        if shared.shutdown.is_cancelled() {
+            return;
+        }
+        let free = shared.slots.available_permits();
+        let names: Vec<String> = shared.registry.read().expect("registry lock").keys().cloned().collect();
+        let mut claimed_all_free = false;
+        if free > 0 && !names.is_empty() {
+            let request = ClaimRequest {
+                names: names.clone(),
+                limit: free as u32,
+                now_ms: now_ms(),
+                node_id: shared.settings.node_id.clone(),
+            };
+            match shared.store.job_claim(&request).await {
+                Ok(jobs) => {
+                    if failing {
+                        tracing::info!("claiming jobs works again");
+                        failing = false;
+                    }
+                    claimed_all_free = jobs.len() == free;
+                    for job in jobs {
+                        let permit = shared.slots.clone().try_acquire_owned().expect("a slot per claimed job");
+                        tokio::spawn(execute(shared.clone(), job, permit));
+                    }
+                }
+                Err(err) => {
+                    if !failing {
+                        tracing::error!(error = %err, "claiming jobs failed; retrying every second");
+                        failing = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(STORE_RETRY) => {}
+                        _ = shared.shutdown.cancelled() => return,
+                    }
+                    continue;
+                }
+            }
+        }
+
+        let mut sleep = shared.settings.poll_interval;
+        if free > 0 && !claimed_all_free {
+            if let Ok(Some(next)) = shared.store.job_next_run_at(&names).await {
+                let until = Duration::from_millis((next - now_ms()).max(0) as u64);
+                sleep = sleep.min(until.max(Duration::from_millis(5)));
+            }
+        }
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Writes coalesced progress and heartbeats every flush interval.
+pub(crate) async fn flusher(shared: Arc<Shared>) {
+    let mut ticker = tokio::time::interval(FLUSH_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => shared.live.flush(shared.store.as_ref()).await,
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Runs one claimed attempt and records its end. The slot is held until the
+/// job's process has exited and the end is stored.
+async fn execute(shared: Arc<Shared>, job: Job, permit: OwnedSemaphorePermit) {
+    let token = CancellationToken::new();
+    let cancelled_early = shared.early_cancels.lock().expect("early cancels lock").remove(&job.id);
+    shared.running.lock().expect("running lock").insert(
+        job.id.clone(),
+        RunningEntry {
+            attempt: job.attempts,
+            token: token.clone(),
+            cancel_requested: cancelled_early,
+        },
+    );
+    tracing::info!(job_id = %job.id, job_name = %job.name, attempt = job.attempts, "job started");
+
+    let registration = {
+        let registry = shared.registry.read().expect("registry lock");
+        match registry.get(&job.name) {
+            Some(Registration::InProcess(handler)) => Some(Registration::InProcess(handler.clone())),
+            Some(Registration::External(spec)) => Some(Registration::External(spec.clone())),
+            None => None,
+        }
+    };
+    let outcome = if cancelled_early {
+        Outcome::Cancelled
+    } else {
+        match registration {
+            Some(Registration::InProcess(handler)) => run_in_process(&shared, &job, handler, token).await,
+            Some(Registration::External(spec)) => {
+                let summary = shared.supervisor.run(&job, &spec).await;
+                external_outcome(&summary)
+            }
+            None => Outcome::Failed {
+                error: format!("no handler is registered for job name {:?} on this server", job.name),
+                stack: None,
+            },
+        }
+    };
+
+    let cancel_requested = shared
+        .running
+        .lock()
+        .expect("running lock")
+        .remove(&job.id)
+        .is_some_and(|entry| entry.cancel_requested);
+    let outcome = match outcome {
+        Outcome::Completed(_) | Outcome::Failed { .. } if cancel_requested && !job.external => Outcome::Cancelled,
+        other => other,
+    };
+    finish(&shared, &job, outcome).await;
+    if job.external {
+        shared.supervisor.release(&job.id);
+    }
+    drop(permit);
+    shared.wake.notify_one();
+}
+
+async fn run_in_process(shared: &Arc<Shared>, job: &Job, handler: super::handler::Handler, token: CancellationToken) -> Outcome {
+    let context = JobContext {
+        job_id: job.id.clone(),
+        name: job.name.clone(),
+        data: job.data.clone(),
+        attempt: job.attempts,
+        cancel: token.clone(),
+        events: shared.events.clone(),
+        live: shared.live.clone(),
+        log: Arc::new(Mutex::new(shared.logs.writer(&job.id))),
+    };
+    let run = tokio::spawn(handler(context));
+    let abort = run.abort_handle();
+    let timeout = job.timeout_ms.map(|ms| Duration::from_millis(ms.max(0) as u64));
+    let joined = match timeout {
+        Some(limit) => match tokio::time::timeout(limit, run).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                token.cancel();
+                abort.abort();
+                return Outcome::Failed {
+                    error: format!("timed out after {} ms", limit.as_millis()),
+                    stack: None,
+                };
+            }
+        },
+        None => run.await,
+    };
+    match joined {
+        Ok(Ok(result)) => Outcome::Completed(Some(result)),
+        Ok(Err(err)) => Outcome::Failed {
+            error: err.to_string(),
+            stack: Some(format!("{err:?}")),
+        },
+        Err(join_error) if join_error.is_panic() => Outcome::Failed {
+            error: format!("handler panicked: {}", panic_text(join_error.into_panic())),
+            stack: None,
+        },
+        Err(_) => Outcome::Cancelled,
+    }
+}
+
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        text.to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "unknown panic payload".into()
+    }
+}
+
+/// Ends an attempt that was running when the server last stopped.
+// NOTE: shims of interrupted external jobs are not reconnected yet; such a
+// job is treated as lost and its shim, rejected at its next connection,
+// terminates the job.
+pub(crate) async fn recover_lost(shared: &Arc<Shared>, job: Job) {
+    tracing::warn!(job_id = %job.id, job_name = %job.name, attempt = job.attempts, "job lost: it was running when the server stopped");
+    shared.events.emit("job.lost", json!({"jobId": job.id, "name": job.name, "attempt": job.attempts})).await;
+    let outcome = Outcome::Failed {
+        error: "job lost: the server stopped while it was running".into(),
+        stack: None,
+    };
+    finish(shared, &job, outcome).await;
+}
+
+/// Stores the end of an attempt and emits its events: `job.completed`,
+/// `job.retrying`, `job.failed` or `job.cancelled`.
+async fn finish(shared: &Arc<Shared>, job: &Job, outcome: Outcome) {
+    let now = now_ms();
+    let live = shared.live.remove(&job.id).unwrap_or_default();
+    let mut record = JobFinish {
+        id: job.id.clone(),
+        attempt: job.attempts,
+        status: JobStatus::Completed,
+        result: None,
+        error: None,
+        stack: None,
+        now_ms: now,
+        run_at: None,
+        progress_percent: live.progress_percent,
+        progress_message: live.progress_message.clone(),
+    };
+    let (id, name, attempt) = (&job.id, &job.name, job.attempts);
+    let events: Vec<(String, Value)> = match outcome {
+        Outcome::Completed(result) => {
+            record.result = result.clone();
+            tracing::info!(job_id = %id, job_name = %name, attempt, "job completed");
+            vec![
+                ("job.completed".into(), json!({"jobId": id, "name": name, "result": result, "attempt": attempt})),
+                (format!("job.{name}.completed"), json!({"jobId": id, "result": result})),
+            ]
+        }
+        Outcome::Cancelled => {
+            record.status = JobStatus::Cancelled;
+            tracing::info!(job_id = %id, job_name = %name, attempt, "job cancelled");
+            vec![("job.cancelled".into(), json!({"jobId": id, "name": name, "attempt": attempt}))]
+        }
+        Outcome::Failed { error, stack } => {
+            record.error = Some(error.clone());
+            record.stack = stack.clone();
+            match retry_decision(attempt, job.max_attempts, shared.settings.retry_backoff) {
+                RetryDecision::Retry { after } => {
+                    let run_at = now + after.as_millis() as i64;
+                    record.status = JobStatus::Scheduled;
+                    record.run_at = Some(run_at);
+                    tracing::info!(job_id = %id, job_name = %name, attempt, error = %error, retry_in_ms = after.as_millis() as u64, "job attempt failed; retrying");
+                    vec![(
+                        "job.retrying".into(),
+                        json!({"jobId": id, "name": name, "error": error, "attempt": attempt, "runAt": to_rfc3339(run_at)}),
+                    )]
+                }
+                RetryDecision::Fail => {
+                    record.status = JobStatus::Failed;
+                    tracing::info!(job_id = %id, job_name = %name, attempt, error = %error, "job failed");
+                    vec![
+                        ("job.failed".into(), json!({"jobId": id, "name": name, "error": error, "stack": stack, "attempt": attempt})),
+                        (format!("job.{name}.failed"), json!({"jobId": id, "error": error, "stack": stack})),
+                    ]
+                }
+            }
+        }
+    };
+
+    // A store outage must not lose the end of a job: retry until it is written.
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match shared.store.job_finish(&record).await {
+            Ok(true) => break,
+            Ok(false) => {
+                tracing::warn!(job_id = %id, attempt, "the job's row changed meanwhile; its end was not recorded");
+                return;
+            }
+            Err(err) => {
+                tracing::error!(job_id = %id, attempt, error = %err, "recording the end of the job failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    for (name, data) in events {
+        shared.events.emit(name, data).await;
+    }
+}

@@ -1,0 +1,146 @@
+//! Coalesced live state of running jobs.
+//!
+//! Progress and heartbeats change many times a second, so they are kept in
+//! memory and written to the store in one batch per flush interval: the
+//! store sees at most one write per job per interval, never one per message.
+//! Reads of a running job overlay the in-memory values, so callers see the
+//! latest progress before it is flushed.
+
+use crate::store::{LiveUpdate, ProcessState, Store};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often coalesced updates are written.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The latest live values of one running job.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LiveValues {
+    pub progress_percent: Option<f64>,
+    pub progress_message: Option<String>,
+    pub last_heartbeat: Option<i64>,
+    pub process_state: Option<ProcessState>,
+    pub pid: Option<i64>,
+}
+
+#[derive(Default)]
+struct State {
+    current: HashMap<String, LiveValues>,
+    dirty: HashMap<String, LiveUpdate>,
+}
+
+/// Shared coalescer; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Live {
+    state: Arc<Mutex<State>>,
+}
+
+impl Live {
+    fn update(&self, id: &str, apply: impl Fn(&mut LiveValues, &mut LiveUpdate)) {
+        let mut state = self.state.lock().expect("live state lock");
+        let mut values = state.current.remove(id).unwrap_or_default();
+        let mut update = state.dirty.remove(id).unwrap_or_else(|| LiveUpdate {
+            id: id.to_string(),
+            progress_percent: None,
+            progress_message: None,
+            last_heartbeat: None,
+            process_state: None,
+        });
+        apply(&mut values, &mut update);
+        state.current.insert(id.to_string(), values);
+        state.dirty.insert(id.to_string(), update);
+    }
+
+    /// Records progress.
+    pub fn progress(&self, id: &str, percent: f64, message: Option<&str>) {
+        self.update(id, |values, update| {
+            values.progress_percent = Some(percent);
+            update.progress_percent = Some(percent);
+            if let Some(message) = message {
+                values.progress_message = Some(message.to_string());
+                update.progress_message = Some(message.to_string());
+            }
+        });
+    }
+
+    /// Records that a message arrived at `now_ms`.
+    pub fn heartbeat(&self, id: &str, now_ms: i64) {
+        self.update(id, |values, update| {
+            values.last_heartbeat = Some(now_ms);
+            update.last_heartbeat = Some(now_ms);
+        });
+    }
+
+    /// Records the process state.
+    pub fn process_state(&self, id: &str, state: ProcessState) {
+        self.update(id, |values, update| {
+            values.process_state = Some(state);
+            update.process_state = Some(state);
+        });
+    }
+
+    /// Records the pid shown for the job (not written by the flush).
+    pub fn pid(&self, id: &str, pid: Option<i64>) {
+        let mut state = self.state.lock().expect("live state lock");
+        state.current.entry(id.to_string()).or_default().pid = pid;
+    }
+
+    /// Returns the live values of a running job.
+    pub fn get(&self, id: &str) -> Option<LiveValues> {
+        self.state.lock().expect("live state lock").current.get(id).cloned()
+    }
+
+    /// Forgets a job that finished, returning its last values. Its pending
+    /// update is dropped because the final write carries the same values.
+    pub fn remove(&self, id: &str) -> Option<LiveValues> {
+        let mut state = self.state.lock().expect("live state lock");
+        state.dirty.remove(id);
+        state.current.remove(id)
+    }
+
+    /// Takes the pending updates.
+    pub fn take_dirty(&self) -> Vec<LiveUpdate> {
+        let mut state = self.state.lock().expect("live state lock");
+        state.dirty.drain().map(|(_, update)| update).collect()
+    }
+
+    /// Writes pending updates to the store.
+    pub async fn flush(&self, store: &dyn Store) {
+        let updates = self.take_dirty();
+        if updates.is_empty() {
+            return;
+        }
+        if let Err(err) = store.jobs_live_flush(&updates).await {
+            tracing::warn!(error = %err, count = updates.len(), "writing job progress failed; retrying at the next flush");
+            let mut state = self.state.lock().expect("live state lock");
+            for update in updates {
+                // Newer values recorded meanwhile win over the failed batch.
+                state.dirty.entry(update.id.clone()).or_insert(update);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalesces_to_one_update_per_job() {
+        let live = Live::default();
+        for i in 0..100 {
+            live.progress("a", f64::from(i), Some(&format!("step {i}")));
+            live.heartbeat("a", i64::from(i));
+        }
+        live.progress("b", 5.0, None);
+        let mut dirty = live.take_dirty();
+        dirty.sort_by(|x, y| x.id.cmp(&y.id));
+        assert_eq!(dirty.len(), 2);
+        assert_eq!(dirty[0].progress_percent, Some(99.0));
+        assert_eq!(dirty[0].progress_message.as_deref(), Some("step 99"));
+        assert_eq!(dirty[0].last_heartbeat, Some(99));
+        assert!(live.take_dirty().is_empty());
+        assert_eq!(live.get("a").unwrap().progress_percent, Some(99.0));
+    }
+}

@@ -1,0 +1,398 @@
+//! The public face of the jobs service.
+
+use super::handler::{Handler, JobContext};
+use super::live::Live;
+use super::logs::JobLogs;
+use super::view::JobView;
+use crate::clock::now_ms;
+use crate::config::{ExternalJobConfig, RetryBackoff};
+use crate::events::Events;
+use crate::store::{CancelWaiting, Job, JobStatus, ListQuery, NewJob, Store, StoreError};
+use crate::supervisor::Supervisor;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// Maximum page size of [`Jobs::list`].
+pub const MAX_LIST_LIMIT: u32 = 1000;
+
+/// Settings of the jobs service.
+#[derive(Debug, Clone)]
+pub struct JobsSettings {
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub retry_backoff: RetryBackoff,
+    pub poll_interval: Duration,
+    pub node_id: String,
+}
+
+/// An external job as registered: its command and its effective limits.
+#[derive(Debug, Clone)]
+pub struct ExternalJob {
+    pub name: String,
+    pub config: ExternalJobConfig,
+    pub heartbeat_timeout: Duration,
+    pub kill_grace: Duration,
+}
+
+pub(crate) enum Registration {
+    InProcess(Handler),
+    External(Arc<ExternalJob>),
+}
+
+/// Options of [`Jobs::enqueue`] and [`Jobs::schedule`].
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueOptions {
+    /// Runs including the first; default: the job's or the server's setting.
+    pub max_attempts: Option<u32>,
+    /// Earliest start, in epoch milliseconds; default: now.
+    pub run_at_ms: Option<i64>,
+    /// Per-attempt time limit, overriding the job's `timeout`.
+    pub timeout: Option<Duration>,
+}
+
+/// A page of jobs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+    pub total: u64,
+}
+
+/// Result of [`Jobs::cancel`].
+#[derive(Debug, Clone)]
+pub enum CancelResult {
+    /// The job was waiting and is now `cancelled`.
+    Cancelled(JobView),
+    /// The job is running; it was asked to stop and becomes `cancelled` when
+    /// its process has exited.
+    Requested(JobView),
+    /// The job had already finished and was left as it is.
+    AlreadyFinished(JobView),
+}
+
+/// Errors of the jobs service.
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    #[error("unknown job name {name:?}; registered names: {known}")]
+    UnknownJob { name: String, known: String },
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("job name {0:?} is already registered")]
+    AlreadyRegistered(String),
+    #[error("{0}")]
+    InvalidOption(String),
+    #[error("job {0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub(crate) struct RunningEntry {
+    pub attempt: u32,
+    pub token: CancellationToken,
+    pub cancel_requested: bool,
+}
+
+/// State shared by the service handle, the dispatcher and the executors.
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub events: Events,
+    pub live: Live,
+    pub logs: JobLogs,
+    pub supervisor: Supervisor,
+    pub settings: JobsSettings,
+    pub registry: RwLock<HashMap<String, Registration>>,
+    pub wake: Notify,
+    pub slots: Arc<Semaphore>,
+    pub running: Mutex<HashMap<String, RunningEntry>>,
+    /// Jobs cancelled between their claim and the start of their executor.
+    pub early_cancels: Mutex<HashSet<String>>,
+    pub shutdown: CancellationToken,
+}
+
+/// Handle to the jobs service; cheap to clone.
+#[derive(Clone)]
+pub struct Jobs {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Jobs {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        events: Events,
+        live: Live,
+        logs: JobLogs,
+        supervisor: Supervisor,
+        settings: JobsSettings,
+    ) -> Self {
+        let slots = Arc::new(Semaphore::new(settings.concurrency));
+        Jobs {
+            shared: Arc::new(Shared {
+                store,
+                events,
+                live,
+                logs,
+                supervisor,
+                settings,
+                registry: RwLock::new(HashMap::new()),
+                wake: Notify::new(),
+                slots,
+                running: Mutex::new(HashMap::new()),
+                early_cancels: Mutex::new(HashSet::new()),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Registers an in-process Rust handler for `name`.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`JobsError::InvalidName`] or [`JobsError::AlreadyRegistered`].
+    pub fn register<F, Fut>(&self, name: &str, handler: F) -> Result<(), JobsError>
+    where
+        F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<Value>> + Send + 'static,
+    {
+        self.insert(name, Registration::InProcess(super::handler::handler(handler)))
+    }
+
+    /// Registers an external job: a command started under a shim per attempt.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`JobsError::InvalidName`], [`JobsError::AlreadyRegistered`],
+    /// or [`JobsError::InvalidOption`] for an empty command.
+    pub fn register_external(&self, name: &str, config: ExternalJobConfig) -> Result<(), JobsError> {
+        if config.command.trim().is_empty() {
+            return Err(JobsError::InvalidOption(format!("external job {name:?}: command is empty")));
+        }
+        let defaults = self.shared.supervisor.settings();
+        let job = ExternalJob {
+            name: name.to_string(),
+            heartbeat_timeout: config.heartbeat_timeout.unwrap_or(defaults.default_heartbeat_timeout),
+            kill_grace: config.kill_grace.unwrap_or(defaults.kill_grace),
+            config,
+        };
+        self.insert(name, Registration::External(Arc::new(job)))
+    }
+
+    fn insert(&self, name: &str, registration: Registration) -> Result<(), JobsError> {
+        burro_protocol::names::validate_job_name(name).map_err(JobsError::InvalidName)?;
+        let mut registry = self.shared.registry.write().expect("registry lock");
+        if registry.contains_key(name) {
+            return Err(JobsError::AlreadyRegistered(name.to_string()));
+        }
+        registry.insert(name.to_string(), registration);
+        drop(registry);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Returns the registered job names, sorted.
+    pub fn registered_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.shared.registry.read().expect("registry lock").keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Enqueues a job to run as soon as a slot is free; returns its id.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`JobsError::UnknownJob`] for a name that is not registered,
+    /// [`JobsError::InvalidOption`] for a zero `max_attempts`, or a store error.
+    pub async fn enqueue(&self, name: &str, data: Value, options: EnqueueOptions) -> Result<String, JobsError> {
+        let now = now_ms();
+        let (external, default_attempts, default_timeout) = {
+            let registry = self.shared.registry.read().expect("registry lock");
+            match registry.get(name) {
+                Some(Registration::InProcess(_)) => (false, None, None),
+                Some(Registration::External(job)) => (true, job.config.max_attempts, job.config.timeout),
+                None => {
+                    let mut known: Vec<&String> = registry.keys().collect();
+                    known.sort();
+                    let known = if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    };
+                    return Err(JobsError::UnknownJob { name: name.to_string(), known });
+                }
+            }
+        };
+        let max_attempts = options.max_attempts.or(default_attempts).unwrap_or(self.shared.settings.max_attempts);
+        if max_attempts == 0 {
+            return Err(JobsError::InvalidOption("maxAttempts is 0: it must be at least 1 (1 means never retry)".into()));
+        }
+        let run_at = options.run_at_ms.unwrap_or(now);
+        let timeout_ms = options.timeout.or(default_timeout).map(|d| d.as_millis() as i64);
+        let new_job = NewJob {
+            id: uuid::Uuid::now_v7().to_string(),
+            name: name.to_string(),
+            data,
+            max_attempts,
+            created_at: now,
+            status: if run_at > now { JobStatus::Scheduled } else { JobStatus::Pending },
+            run_at,
+            external,
+            timeout_ms,
+        };
+        let job = self.shared.store.job_insert(&new_job).await?;
+        tracing::debug!(job_id = %job.id, job_name = %job.name, "job enqueued");
+        self.shared.wake.notify_one();
+        Ok(job.id)
+    }
+
+    /// Enqueues a job that starts no earlier than `run_at_ms` (epoch ms).
+    ///
+    /// # Errors
+    ///
+    /// As [`Jobs::enqueue`].
+    pub async fn schedule(&self, name: &str, data: Value, run_at_ms: i64, mut options: EnqueueOptions) -> Result<String, JobsError> {
+        options.run_at_ms = Some(run_at_ms);
+        self.enqueue(name, data, options).await
+    }
+
+    /// Returns a job with its live progress.
+    ///
+    /// # Errors
+    ///
+    /// Returns a store error.
+    pub async fn get(&self, id: &str) -> Result<Option<JobView>, JobsError> {
+        let job = self.shared.store.job_get(id).await?;
+        Ok(job.map(|job| self.view(job)))
+    }
+
+    pub(crate) fn view(&self, job: Job) -> JobView {
+        let live = self.shared.live.get(&job.id);
+        JobView::new(job, live)
+    }
+
+    /// Lists jobs, newest first, with optional status and name filters.
+    /// `limit` defaults to 50 and is capped at 1000.
+    ///
+    /// # Errors
+    ///
+    /// Returns a store error.
+    pub async fn list(&self, mut query: ListQuery) -> Result<JobList, JobsError> {
+        if query.limit == 0 {
+            query.limit = 50;
+        }
+        query.limit = query.limit.min(MAX_LIST_LIMIT);
+        let page = self.shared.store.job_list(&query).await?;
+        Ok(JobList {
+            jobs: page.jobs.into_iter().map(|job| self.view(job)).collect(),
+            total: page.total,
+        })
+    }
+
+    /// Returns the external jobs running on this server.
+    ///
+    /// # Errors
+    ///
+    /// Returns a store error.
+    pub async fn get_running_external(&self) -> Result<Vec<JobView>, JobsError> {
+        let jobs = self.shared.store.jobs_running(&self.shared.settings.node_id).await?;
+        Ok(jobs.into_iter().filter(|job| job.external).map(|job| self.view(job)).collect())
+    }
+
+    /// Cancels a job. A waiting job becomes `cancelled` at once; a running
+    /// one is asked to stop and becomes `cancelled` when it has exited; a
+    /// finished one is left as it is. The row is always kept.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`JobsError::NotFound`] or a store error.
+    pub async fn cancel(&self, id: &str) -> Result<CancelResult, JobsError> {
+        match self.shared.store.job_cancel_waiting(id, now_ms()).await? {
+            CancelWaiting::NotFound => Err(JobsError::NotFound(id.to_string())),
+            CancelWaiting::Cancelled(job) => {
+                tracing::info!(job_id = %job.id, job_name = %job.name, "job cancelled before it started");
+                self.shared.events.emit("job.cancelled", json!({"jobId": job.id, "name": job.name})).await;
+                Ok(CancelResult::Cancelled(self.view(job)))
+            }
+            CancelWaiting::NotWaiting(job) if job.status.is_finished() => Ok(CancelResult::AlreadyFinished(self.view(job))),
+            CancelWaiting::NotWaiting(job) => {
+                self.request_stop(&job);
+                Ok(CancelResult::Requested(self.view(job)))
+            }
+        }
+    }
+
+    fn request_stop(&self, job: &Job) {
+        let mut running = self.shared.running.lock().expect("running lock");
+        match running.get_mut(&job.id) {
+            Some(entry) if entry.attempt == job.attempts => {
+                entry.cancel_requested = true;
+                entry.token.cancel();
+                drop(running);
+                tracing::info!(job_id = %job.id, job_name = %job.name, "cancel requested for a running job");
+                self.shared.supervisor.request_cancel(&job.id);
+            }
+            _ => {
+                drop(running);
+                self.shared.early_cancels.lock().expect("early cancels lock").insert(job.id.clone());
+            }
+        }
+    }
+
+    /// Ends the attempts that were running on this node when the server last
+    /// stopped: each emits `job.lost` and is retried or failed per attempts.
+    pub(crate) async fn recover_interrupted(&self) {
+        let jobs = match self.shared.store.jobs_running(&self.shared.settings.node_id).await {
+            Ok(jobs) => jobs,
+            Err(err) => {
+                tracing::error!(error = %err, "reading the jobs interrupted by the last stop failed");
+                return;
+            }
+        };
+        for job in jobs {
+            super::dispatch::recover_lost(&self.shared, job).await;
+        }
+    }
+
+    /// Starts the dispatcher and the coalesced-write flusher.
+    pub(crate) fn start(&self) {
+        tokio::spawn(super::dispatch::dispatcher(self.shared.clone()));
+        tokio::spawn(super::dispatch::flusher(self.shared.clone()));
+    }
+
+    /// Stops claiming new jobs and flushes coalesced writes.
+    pub(crate) async fn stop(&self) {
+        self.shared.shutdown.cancel();
+        self.shared.live.flush(self.shared.store.as_ref()).await;
+    }
+
+    /// Returns the events bus the service emits on.
+    pub fn events(&self) -> &Events {
+        &self.shared.events
+    }
+
+    /// Returns the job log files.
+    pub fn logs(&self) -> &JobLogs {
+        &self.shared.logs
+    }
+}
+
+impl Jobs {
+    /// Returns `ok` when the control socket file exists, or what is wrong.
+    pub fn control_socket_status(&self) -> String {
+        use std::os::unix::fs::FileTypeExt;
+        let path = self.shared.supervisor.settings().control_socket();
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_socket() => "ok".into(),
+            Ok(_) => format!("error: {} is not a socket", path.display()),
+            Err(err) => format!("error: {}: {err}", path.display()),
+        }
+    }
+
+    /// Returns the number of external jobs under supervision.
+    pub fn supervised_count(&self) -> usize {
+        self.shared.supervisor.running_count()
+    }
+}

@@ -1,0 +1,65 @@
+//! Persistence of jobs behind one trait.
+//!
+//! [`Store`] is implemented by [`SqliteStore`] (embedded default). Methods
+//! are named noun first (`job_claim`, `job_finish`) and take their
+//! parameters in structs, so another implementation can follow the same
+//! contract.
+
+mod model;
+mod sqlite;
+
+pub use model::*;
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+
+/// A failed store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("running database migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("invalid data in job {id}: {message}")]
+    Corrupt { id: String, message: String },
+    #[error("invalid database URL {url:?}: {message}")]
+    Url { url: String, message: String },
+}
+
+/// The persistence contract of the jobs service.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts a new job.
+    async fn job_insert(&self, job: &NewJob) -> Result<Job, StoreError>;
+
+    /// Returns the job with `id`, if any.
+    async fn job_get(&self, id: &str) -> Result<Option<Job>, StoreError>;
+
+    /// Returns one page of jobs, newest first, and the total that match.
+    async fn job_list(&self, query: &ListQuery) -> Result<JobPage, StoreError>;
+
+    /// Atomically moves up to `limit` due waiting jobs with a registered name
+    /// to `running`, increments their attempts and returns them. Each job is
+    /// claimed by exactly one caller.
+    async fn job_claim(&self, claim: &ClaimRequest) -> Result<Vec<Job>, StoreError>;
+
+    /// Records the process of a running external job.
+    async fn job_spawned(&self, update: &SpawnUpdate) -> Result<(), StoreError>;
+
+    /// Ends an attempt of a running job: `completed`, `failed`, `cancelled`,
+    /// or `scheduled` again for a retry. Applies only while the job is still
+    /// `running` in the same attempt; returns false otherwise.
+    async fn job_finish(&self, finish: &JobFinish) -> Result<bool, StoreError>;
+
+    /// Cancels a `pending` or `scheduled` job.
+    async fn job_cancel_waiting(&self, id: &str, now_ms: i64) -> Result<CancelWaiting, StoreError>;
+
+    /// Writes coalesced progress and heartbeats of running jobs in one batch.
+    async fn jobs_live_flush(&self, updates: &[LiveUpdate]) -> Result<(), StoreError>;
+
+    /// Returns the running jobs owned by `node_id`, oldest start first.
+    async fn jobs_running(&self, node_id: &str) -> Result<Vec<Job>, StoreError>;
+
+    /// Returns the earliest `run_at` of waiting jobs with one of `names`.
+    async fn job_next_run_at(&self, names: &[String]) -> Result<Option<i64>, StoreError>;
+}

@@ -1,0 +1,316 @@
+//! The SQLite store: one file in WAL mode.
+//!
+//! SQLite allows one writer at a time, so every write goes through a pool of
+//! one connection and a burst of jobs queues in the pool instead of failing
+//! with "database is locked". Reads use a separate small pool. An
+//! acknowledged enqueue survives a power cut because `synchronous = FULL`.
+
+use super::*;
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_CONNECTIONS: u32 = 4;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// [`Store`] on an SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://PATH`)
+    /// and runs pending migrations.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError`] when the URL is invalid, the file cannot be
+    /// opened, or a migration fails.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).ok_or_else(|| StoreError::Url {
+            url: url.to_string(),
+            message: "expected sqlite://PATH".into(),
+        })?;
+        if let Some(parent) = Path::new(path.split('?').next().unwrap_or(path)).parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|err| StoreError::Url {
+                    url: url.to_string(),
+                    message: format!("creating directory {} failed: {err}", parent.display()),
+                })?;
+            }
+        }
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|err| StoreError::Url {
+                url: url.to_string(),
+                message: err.to_string(),
+            })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { writer, reader })
+    }
+
+    /// Closes both pools, waiting for queued writes.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+const COLUMNS: &str = "id, name, data, status, attempts, max_attempts, created_at, run_at, started_at, completed_at, \
+    result, error, stack, progress_percent, progress_message, external, pid, process_state, last_heartbeat, \
+    timeout_ms, node_id, shim_token";
+
+fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
+    let id: String = row.try_get("id")?;
+    let corrupt = |message: String| StoreError::Corrupt { id: id.clone(), message };
+    let data_text: String = row.try_get("data")?;
+    let data = serde_json::from_str(&data_text).map_err(|e| corrupt(format!("data is not JSON: {e}")))?;
+    let result_text: Option<String> = row.try_get("result")?;
+    let result = result_text
+        .map(|text| serde_json::from_str::<Value>(&text))
+        .transpose()
+        .map_err(|e| corrupt(format!("result is not JSON: {e}")))?;
+    let status_text: String = row.try_get("status")?;
+    let status = JobStatus::from_str(&status_text).map_err(corrupt)?;
+    let process_state: Option<String> = row.try_get("process_state")?;
+    Ok(Job {
+        id: id.clone(),
+        name: row.try_get("name")?,
+        data,
+        status,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
+        created_at: row.try_get("created_at")?,
+        run_at: row.try_get("run_at")?,
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+        result,
+        error: row.try_get("error")?,
+        stack: row.try_get("stack")?,
+        progress_percent: row.try_get("progress_percent")?,
+        progress_message: row.try_get("progress_message")?,
+        external: row.try_get::<i64, _>("external")? != 0,
+        pid: row.try_get("pid")?,
+        process_state: process_state.as_deref().and_then(ProcessState::parse),
+        last_heartbeat: row.try_get("last_heartbeat")?,
+        timeout_ms: row.try_get("timeout_ms")?,
+        node_id: row.try_get("node_id")?,
+        shim_token: row.try_get("shim_token")?,
+    })
+}
+
+fn placeholders(count: usize) -> String {
+    vec!["?"; count].join(", ")
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn job_insert(&self, job: &NewJob) -> Result<Job, StoreError> {
+        let sql = format!(
+            "INSERT INTO jobs (id, name, data, status, attempts, max_attempts, created_at, run_at, external, timeout_ms) \
+             VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?) RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(&job.id)
+            .bind(&job.name)
+            .bind(job.data.to_string())
+            .bind(job.status.as_str())
+            .bind(i64::from(job.max_attempts))
+            .bind(job.created_at)
+            .bind(job.run_at)
+            .bind(i64::from(job.external))
+            .bind(job.timeout_ms)
+            .fetch_one(&self.writer)
+            .await?;
+        job_from_row(&row)
+    }
+
+    async fn job_get(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = ?");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.reader).await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn job_list(&self, query: &ListQuery) -> Result<JobPage, StoreError> {
+        let mut filter = String::from("WHERE 1 = 1");
+        if query.status.is_some() {
+            filter.push_str(" AND status = ?");
+        }
+        if query.name.is_some() {
+            filter.push_str(" AND name = ?");
+        }
+        let list_sql = format!("SELECT {COLUMNS} FROM jobs {filter} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?");
+        let count_sql = format!("SELECT COUNT(*) FROM jobs {filter}");
+
+        let mut list = sqlx::query(&list_sql);
+        let mut count = sqlx::query_scalar::<_, i64>(&count_sql);
+        if let Some(status) = query.status {
+            list = list.bind(status.as_str());
+            count = count.bind(status.as_str());
+        }
+        if let Some(name) = &query.name {
+            list = list.bind(name.clone());
+            count = count.bind(name.clone());
+        }
+        let rows = list
+            .bind(i64::from(query.limit))
+            .bind(i64::from(query.offset))
+            .fetch_all(&self.reader)
+            .await?;
+        let total = count.fetch_one(&self.reader).await?;
+        let jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok(JobPage { jobs, total: total as u64 })
+    }
+
+    async fn job_claim(&self, claim: &ClaimRequest) -> Result<Vec<Job>, StoreError> {
+        if claim.names.is_empty() || claim.limit == 0 {
+            return Ok(Vec::new());
+        }
+        // One UPDATE ... RETURNING on the single writer connection is atomic,
+        // so no two claims can return the same job.
+        let sql = format!(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, node_id = ?, \
+                 completed_at = NULL, pid = NULL, last_heartbeat = NULL, shim_token = NULL, \
+                 progress_percent = NULL, progress_message = NULL, \
+                 process_state = CASE WHEN external = 1 THEN 'spawning' ELSE NULL END \
+             WHERE id IN (SELECT id FROM jobs WHERE status IN ('pending', 'scheduled') AND run_at <= ? \
+                 AND name IN ({}) ORDER BY run_at, id LIMIT ?) \
+             RETURNING {COLUMNS}",
+            placeholders(claim.names.len())
+        );
+        let mut query = sqlx::query(&sql).bind(claim.now_ms).bind(&claim.node_id).bind(claim.now_ms);
+        for name in &claim.names {
+            query = query.bind(name);
+        }
+        let rows = query.bind(i64::from(claim.limit)).fetch_all(&self.writer).await?;
+        let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+        jobs.sort_by(|a, b| (a.run_at, &a.id).cmp(&(b.run_at, &b.id)));
+        Ok(jobs)
+    }
+
+    async fn job_spawned(&self, update: &SpawnUpdate) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET pid = ?, process_state = ?, shim_token = COALESCE(?, shim_token) \
+             WHERE id = ? AND attempts = ? AND status = 'running'",
+        )
+        .bind(update.pid)
+        .bind(update.process_state.as_str())
+        .bind(&update.shim_token)
+        .bind(&update.id)
+        .bind(i64::from(update.attempt))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn job_finish(&self, finish: &JobFinish) -> Result<bool, StoreError> {
+        let retrying = finish.status == JobStatus::Scheduled;
+        let result = finish.result.as_ref().map(Value::to_string);
+        let outcome = sqlx::query(
+            "UPDATE jobs SET status = ?, result = ?, error = ?, stack = ?, \
+                 completed_at = CASE WHEN ? THEN NULL ELSE ? END, \
+                 run_at = COALESCE(?, run_at), \
+                 progress_percent = COALESCE(?, progress_percent), \
+                 progress_message = COALESCE(?, progress_message), \
+                 process_state = NULL, shim_token = NULL \
+             WHERE id = ? AND attempts = ? AND status = 'running'",
+        )
+        .bind(finish.status.as_str())
+        .bind(result)
+        .bind(&finish.error)
+        .bind(&finish.stack)
+        .bind(retrying)
+        .bind(finish.now_ms)
+        .bind(finish.run_at)
+        .bind(finish.progress_percent)
+        .bind(&finish.progress_message)
+        .bind(&finish.id)
+        .bind(i64::from(finish.attempt))
+        .execute(&self.writer)
+        .await?;
+        Ok(outcome.rows_affected() == 1)
+    }
+
+    async fn job_cancel_waiting(&self, id: &str, now_ms: i64) -> Result<CancelWaiting, StoreError> {
+        let sql = format!(
+            "UPDATE jobs SET status = 'cancelled', completed_at = ? \
+             WHERE id = ? AND status IN ('pending', 'scheduled') RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query(&sql).bind(now_ms).bind(id).fetch_optional(&self.writer).await?;
+        if let Some(row) = row {
+            return Ok(CancelWaiting::Cancelled(job_from_row(&row)?));
+        }
+        // Read through the writer so the answer reflects the update above.
+        let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = ?");
+        match sqlx::query(&sql).bind(id).fetch_optional(&self.writer).await? {
+            Some(row) => Ok(CancelWaiting::NotWaiting(job_from_row(&row)?)),
+            None => Ok(CancelWaiting::NotFound),
+        }
+    }
+
+    async fn jobs_live_flush(&self, updates: &[LiveUpdate]) -> Result<(), StoreError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.writer.begin().await?;
+        for update in updates {
+            sqlx::query(
+                "UPDATE jobs SET progress_percent = COALESCE(?, progress_percent), \
+                     progress_message = COALESCE(?, progress_message), \
+                     last_heartbeat = COALESCE(?, last_heartbeat), \
+                     process_state = COALESCE(?, process_state) \
+                 WHERE id = ? AND status = 'running'",
+            )
+            .bind(update.progress_percent)
+            .bind(&update.progress_message)
+            .bind(update.last_heartbeat)
+            .bind(update.process_state.map(ProcessState::as_str))
+            .bind(&update.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn jobs_running(&self, node_id: &str) -> Result<Vec<Job>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM jobs WHERE status = 'running' AND node_id = ? ORDER BY started_at");
+        let rows = sqlx::query(&sql).bind(node_id).fetch_all(&self.reader).await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn job_next_run_at(&self, names: &[String]) -> Result<Option<i64>, StoreError> {
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT MIN(run_at) FROM jobs WHERE status IN ('pending', 'scheduled') AND name IN ({})",
+            placeholders(names.len())
+        );
+        let mut query = sqlx::query_scalar::<_, Option<i64>>(&sql);
+        for name in names {
+            query = query.bind(name);
+        }
+        Ok(query.fetch_one(&self.reader).await?)
+    }
+}

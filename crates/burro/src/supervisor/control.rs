@@ -1,0 +1,155 @@
+//! The control socket: shims connect, authenticate with their job's token,
+//! and forward frames that are processed in order and acknowledged.
+
+use super::{constant_time_eq, Inner};
+use burro_protocol::control::{ServerFrame, ShimFrame, Welcome, CONTROL_VERSION};
+use burro_protocol::{LineBuffer, LineEvent};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames are a job message plus a short prefix.
+const FRAME_OVERHEAD: usize = 64;
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// Binds the control socket, replacing a stale socket file but never one a
+/// live server still accepts on.
+pub(crate) async fn bind(path: &Path) -> Result<UnixListener, String> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(format!(
+                "another burro server is listening on the control socket {}; stop it or set a different [external] socket_dir",
+                path.display()
+            ));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("removing the stale control socket {} failed: {e}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| format!("binding the control socket {} failed: {e}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("setting mode 0600 on the control socket {} failed: {e}", path.display()))?;
+    Ok(listener)
+}
+
+pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: UnixListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve(inner.clone(), stream));
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "accepting a shim connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve(inner: Arc<Inner>, stream: UnixStream) {
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    // Writes run on their own task so a shim that reads slowly never blocks
+    // the processing of its frames.
+    tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if writer.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut lines = LineBuffer::new(inner.settings.max_message_bytes + FRAME_OVERHEAD);
+    let mut chunk = vec![0u8; 64 * 1024];
+
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut reader, &mut lines, &mut chunk)).await {
+        Ok(Some(ShimFrame::Hello(hello))) => hello,
+        Ok(Some(_)) => {
+            tracing::warn!("rejected a control connection: the first frame was not HELLO");
+            let _ = tx.send(ServerFrame::Reject("the first frame must be HELLO".into()).encode());
+            return;
+        }
+        Ok(None) => return,
+        Err(_) => {
+            tracing::warn!("closed a control connection that sent no HELLO within 10 s");
+            return;
+        }
+    };
+    if hello.version != CONTROL_VERSION {
+        tracing::error!(job_id = %hello.job_id, version = hello.version, "rejected a shim that speaks control version {}, this server speaks {CONTROL_VERSION}", hello.version);
+        let reason = format!("unsupported control version {}; this server speaks {CONTROL_VERSION}", hello.version);
+        let _ = tx.send(ServerFrame::Reject(reason).encode());
+        return;
+    }
+    let run = inner.runs.lock().expect("runs lock").get(&hello.job_id).cloned();
+    let run = match run {
+        Some(run) if constant_time_eq(run.token.as_bytes(), hello.token.as_bytes()) && run.attempt == hello.attempt => run,
+        _ => {
+            tracing::warn!(job_id = %hello.job_id, shim_pid = hello.shim_pid, "rejected a shim: unknown job or invalid token");
+            let _ = tx.send(ServerFrame::Reject("unknown job or invalid token".into()).encode());
+            return;
+        }
+    };
+
+    let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+    let acked_seq = run.attach(session, tx.clone());
+    let _ = tx.send(ServerFrame::Welcome(Welcome { version: CONTROL_VERSION, acked_seq }).encode());
+    run.on_hello(&inner, &hello).await;
+    tracing::debug!(job_id = %run.job_id, shim_pid = hello.shim_pid, pid = ?hello.child_pid, "shim connected");
+
+    loop {
+        // Process everything already buffered, then acknowledge once.
+        let mut processed_any = false;
+        while let Some(event) = lines.next_event() {
+            match event {
+                LineEvent::Line(line) => match ShimFrame::decode(&line) {
+                    Ok(frame) => {
+                        if run.already_processed(frame.seq()) {
+                            continue;
+                        }
+                        run.process(&inner, frame).await;
+                        processed_any = true;
+                    }
+                    Err(err) => tracing::warn!(job_id = %run.job_id, error = %err, "ignored an invalid control frame"),
+                },
+                LineEvent::Overflow { len } => {
+                    tracing::warn!(job_id = %run.job_id, bytes = len, "ignored a control frame over the size limit");
+                }
+            }
+        }
+        if processed_any {
+            let _ = tx.send(ServerFrame::Ack(run.processed_seq()).encode());
+        }
+        match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => lines.push(&chunk[..n]),
+        }
+    }
+    tracing::debug!(job_id = %run.job_id, "shim disconnected");
+    run.detach(session);
+}
+
+/// Reads the next frame; `None` at EOF. Used only for the handshake.
+async fn next_frame(
+    reader: &mut tokio::net::unix::OwnedReadHalf,
+    lines: &mut LineBuffer,
+    chunk: &mut [u8],
+) -> Option<ShimFrame> {
+    loop {
+        if let Some(event) = lines.next_event() {
+            return match event {
+                LineEvent::Line(line) => ShimFrame::decode(&line).ok(),
+                LineEvent::Overflow { .. } => None,
+            };
+        }
+        match reader.read(chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => lines.push(&chunk[..n]),
+        }
+    }
+}

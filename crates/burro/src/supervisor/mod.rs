@@ -1,0 +1,260 @@
+//! The supervisor of external jobs: starts a `burro-shim` per attempt,
+//! serves the control socket the shims connect to, turns what they forward
+//! into events and stored state, and watches heartbeats.
+
+mod control;
+mod monitor;
+mod run;
+mod socket_dir;
+mod spec;
+
+pub use socket_dir::{check_socket_path_length, job_socket_path, prepare_socket_dir};
+pub use spec::{job_environment, shim_spec, SECRET_VARIABLES};
+
+use crate::config::{Config, Transport};
+use crate::events::Events;
+use crate::jobs::{ExitSummary, ExternalJob, JobLogs, KillReason, Live};
+use crate::store::{Job, ProcessState, SpawnUpdate, Store};
+use burro_protocol::control::{ExitReport, ServerFrame};
+use run::Run;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
+
+/// Settings of the supervisor, from `[external]` and `[server]`.
+#[derive(Debug, Clone)]
+pub struct SupervisorSettings {
+    pub socket_dir: PathBuf,
+    pub transport: Transport,
+    pub tcp_port_range: [u16; 2],
+    pub default_heartbeat_timeout: Duration,
+    pub heartbeat_check_interval: Duration,
+    pub kill_grace: Duration,
+    pub max_message_bytes: usize,
+    pub max_connections_per_job: usize,
+    pub message_fd: bool,
+    pub max_log_line: usize,
+    pub shim_linger: Duration,
+    pub shim_path: PathBuf,
+    /// Directory of the shims' own diagnostic logs.
+    pub shim_log_dir: PathBuf,
+}
+
+impl SupervisorSettings {
+    /// Derives the settings from a loaded configuration.
+    pub fn from_config(config: &Config) -> Self {
+        let external = &config.external;
+        SupervisorSettings {
+            socket_dir: external.socket_dir(),
+            transport: external.transport,
+            tcp_port_range: external.tcp_port_range,
+            default_heartbeat_timeout: external.default_heartbeat_timeout,
+            heartbeat_check_interval: external.heartbeat_check_interval,
+            kill_grace: external.kill_grace,
+            max_message_bytes: external.max_message_bytes,
+            max_connections_per_job: external.max_connections_per_job,
+            message_fd: external.message_fd,
+            max_log_line: external.max_log_line,
+            shim_linger: external.shim_linger,
+            shim_path: config.server.shim_path.clone().unwrap_or_else(default_shim_path),
+            shim_log_dir: config.server.data_dir.join("shims"),
+        }
+    }
+
+    /// Returns the path of the control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.socket_dir.join("control.sock")
+    }
+}
+
+/// Returns `burro-shim` beside the running executable. Test binaries live
+/// one level deeper (`target/debug/deps`), so the parent is tried too.
+pub fn default_shim_path() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    let beside = dir.join("burro-shim");
+    if beside.exists() {
+        return beside;
+    }
+    match dir.parent() {
+        Some(parent) if parent.join("burro-shim").exists() => parent.join("burro-shim"),
+        _ => beside,
+    }
+}
+
+pub(crate) struct Inner {
+    pub settings: SupervisorSettings,
+    pub events: Events,
+    pub live: Live,
+    pub logs: JobLogs,
+    pub store: Arc<dyn Store>,
+    pub runs: Mutex<HashMap<String, Arc<Run>>>,
+}
+
+/// Handle to the supervisor; cheap to clone.
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+impl Supervisor {
+    /// Checks the socket directory, binds the control socket and starts the
+    /// heartbeat monitor.
+    ///
+    /// # Errors
+    ///
+    /// Returns a message when the socket directory fails its checks, socket
+    /// paths would be too long, another server owns the control socket, or
+    /// binding fails.
+    pub async fn start(settings: SupervisorSettings, events: Events, live: Live, logs: JobLogs, store: Arc<dyn Store>) -> Result<Self, String> {
+        prepare_socket_dir(&settings.socket_dir)?;
+        check_socket_path_length(&settings.socket_dir)?;
+        std::fs::create_dir_all(&settings.shim_log_dir)
+            .map_err(|e| format!("creating the shim log directory {} failed: {e}", settings.shim_log_dir.display()))?;
+        let listener = control::bind(&settings.control_socket()).await?;
+        let inner = Arc::new(Inner {
+            settings,
+            events,
+            live,
+            logs,
+            store,
+            runs: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(control::accept_loop(inner.clone(), listener));
+        tokio::spawn(monitor::heartbeat_monitor(Arc::downgrade(&inner)));
+        Ok(Supervisor { inner })
+    }
+
+    /// Returns the settings.
+    pub fn settings(&self) -> &SupervisorSettings {
+        &self.inner.settings
+    }
+
+    /// Runs one attempt of an external job under a new shim and returns how
+    /// it ended, once the job's process has exited and every message it
+    /// sent before has been processed.
+    pub async fn run(&self, job: &Job, external: &ExternalJob) -> ExitSummary {
+        let token = new_token();
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let run = Arc::new(Run::new(job, external, token.clone(), self.inner.logs.writer(&job.id), exit_tx));
+        self.inner.runs.lock().expect("runs lock").insert(job.id.clone(), run.clone());
+        self.inner.live.process_state(&job.id, ProcessState::Spawning);
+
+        let update = SpawnUpdate {
+            id: job.id.clone(),
+            attempt: job.attempts,
+            pid: None,
+            process_state: ProcessState::Spawning,
+            shim_token: Some(token.clone()),
+        };
+        if let Err(err) = self.inner.store.job_spawned(&update).await {
+            tracing::warn!(job_id = %job.id, error = %err, "recording the shim token failed");
+        }
+
+        let server_env = std::env::vars();
+        let env = job_environment(server_env, external, &job.id);
+        let spec = shim_spec(&self.inner.settings, job, external, &token, env);
+        if let Err(error) = self.spawn_shim(&spec, run.clone()).await {
+            tracing::error!(job_id = %job.id, job_name = %job.name, error = %error, "starting the shim failed");
+            run.deliver(ExitSummary {
+                report: Some(ExitReport {
+                    spawn_error: Some(error),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        exit_rx.await.unwrap_or_default()
+    }
+
+    async fn spawn_shim(&self, spec: &burro_protocol::control::ShimSpec, run: Arc<Run>) -> Result<(), String> {
+        let settings = &self.inner.settings;
+        let shim_log_path = settings.shim_log_dir.join(format!("{}.log", spec.job_id));
+        let shim_log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&shim_log_path)
+            .map_err(|e| format!("opening the shim log {} failed: {e}", shim_log_path.display()))?;
+        let mut command = tokio::process::Command::new(&settings.shim_path);
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(shim_log))
+            .kill_on_drop(false);
+        // SAFETY: setsid is async-signal-safe. The forked child is not a
+        // process-group leader, so setsid succeeds and detaches the shim
+        // from the server's session and process group (Ctrl-C and service
+        // stops that signal the group do not reach it).
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|e| {
+            format!(
+                "starting the shim {} failed: {e}; build it with `cargo build --release` or set [server] shim_path",
+                settings.shim_path.display()
+            )
+        })?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let mut line = serde_json::to_vec(spec).expect("shim spec serializes");
+        line.push(b'\n');
+        stdin
+            .write_all(&line)
+            .await
+            .map_err(|e| format!("writing the job spec to the shim failed: {e}"))?;
+        drop(stdin);
+
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            tracing::debug!(job_id = %run.job_id, status = ?status, "shim exited");
+            run.shim_exited(&inner);
+        });
+        Ok(())
+    }
+
+    /// Marks a running job as cancelled and asks its shim to terminate it.
+    pub fn request_cancel(&self, job_id: &str) {
+        let run = self.inner.runs.lock().expect("runs lock").get(job_id).cloned();
+        if let Some(run) = run {
+            run.request_kill(KillReason::Cancel, true);
+        }
+    }
+
+    /// Forgets a finished job and lets its shim exit.
+    pub fn release(&self, job_id: &str) {
+        let run = self.inner.runs.lock().expect("runs lock").remove(job_id);
+        if let Some(run) = run {
+            run.send(ServerFrame::Bye);
+            run.flush_log();
+        }
+    }
+
+    /// Returns the number of external jobs being supervised.
+    pub fn running_count(&self) -> usize {
+        self.inner.runs.lock().expect("runs lock").len()
+    }
+}
+
+fn new_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,38 @@
+//! The heartbeat monitor: `job.stale` after one heartbeat timeout without a
+//! message, termination after two.
+
+use super::run::Liveness;
+use super::Inner;
+use crate::jobs::KillReason;
+use serde_json::json;
+use std::sync::Weak;
+
+pub(crate) async fn heartbeat_monitor(inner: Weak<Inner>) {
+    let interval = match inner.upgrade() {
+        Some(inner) => inner.settings.heartbeat_check_interval,
+        None => return,
+    };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let runs: Vec<_> = inner.runs.lock().expect("runs lock").values().cloned().collect();
+        for run in runs {
+            match run.check_liveness() {
+                Liveness::Healthy => {}
+                Liveness::Stale { since_ms } => {
+                    tracing::warn!(job_id = %run.job_id, job_name = %run.name, elapsed_ms = since_ms, "job is stale: no message within its heartbeat timeout");
+                    inner
+                        .events
+                        .emit("job.stale", json!({"jobId": run.job_id, "name": run.name, "timeSinceHeartbeat": since_ms}))
+                        .await;
+                }
+                Liveness::Dead { since_ms } => {
+                    tracing::warn!(job_id = %run.job_id, job_name = %run.name, elapsed_ms = since_ms, "no message for twice the heartbeat timeout; terminating the job");
+                    run.request_kill(KillReason::HeartbeatTimeout, false);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! The server's record of one running external attempt, and how each frame
+//! its shim forwards changes it.
+
+use super::Inner;
+use crate::clock::now_ms;
+use crate::jobs::{ExitSummary, ExternalJob, KillReason, LogEntry, LogWriter, Terminal};
+use crate::store::{Job, ProcessState, SpawnUpdate};
+use burro_protocol::control::{Hello, ServerFrame, ShimFrame};
+use burro_protocol::{parse_line, JobMessage};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Result of a heartbeat check.
+pub(crate) enum Liveness {
+    Healthy,
+    /// Became stale at this check.
+    Stale { since_ms: u64 },
+    /// Silent for twice the heartbeat timeout.
+    Dead { since_ms: u64 },
+}
+
+struct State {
+    summary: ExitSummary,
+    exit_tx: Option<oneshot::Sender<ExitSummary>>,
+    last_seen: Instant,
+    stale: bool,
+    processed_seq: u64,
+    /// Connections that announced protocol 2 and accept server lines.
+    protocol2: HashSet<u64>,
+    control: Option<(u64, mpsc::UnboundedSender<Vec<u8>>)>,
+    shim_exited: bool,
+    /// A KILL to send as soon as the shim is connected.
+    kill_pending: Option<String>,
+    log: LogWriter,
+}
+
+pub(crate) struct Run {
+    pub job_id: String,
+    pub name: String,
+    pub attempt: u32,
+    pub token: String,
+    pub heartbeat_timeout: Duration,
+    pub kill_grace: Duration,
+    state: Mutex<State>,
+}
+
+impl Run {
+    pub fn new(job: &Job, external: &ExternalJob, token: String, log: LogWriter, exit_tx: oneshot::Sender<ExitSummary>) -> Self {
+        Run {
+            job_id: job.id.clone(),
+            name: job.name.clone(),
+            attempt: job.attempts,
+            token,
+            heartbeat_timeout: external.heartbeat_timeout,
+            kill_grace: external.kill_grace,
+            state: Mutex::new(State {
+                summary: ExitSummary {
+                    timeout_ms: job.timeout_ms.map(|ms| ms.max(0) as u64),
+                    ..Default::default()
+                },
+                exit_tx: Some(exit_tx),
+                last_seen: Instant::now(),
+                stale: false,
+                processed_seq: 0,
+                protocol2: HashSet::new(),
+                control: None,
+                shim_exited: false,
+                kill_pending: None,
+                log,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("run state lock")
+    }
+
+    /// Hands the end of the attempt to the executor, once.
+    pub fn deliver(&self, summary: ExitSummary) {
+        if let Some(tx) = self.lock().exit_tx.take() {
+            let _ = tx.send(summary);
+        }
+    }
+
+    /// Sends a frame to the shim if it is connected.
+    pub fn send(&self, frame: ServerFrame) {
+        if let Some((_, tx)) = &self.lock().control {
+            let _ = tx.send(frame.encode());
+        }
+    }
+
+    pub fn flush_log(&self) {
+        self.lock().log.flush();
+    }
+
+    /// Asks the shim to terminate the job (SIGTERM, then SIGKILL after the
+    /// kill grace). A cancel is remembered even when the job already ended.
+    pub fn request_kill(&self, reason: KillReason, cancel: bool) {
+        let mut state = self.lock();
+        if cancel {
+            state.summary.cancel_requested = true;
+        }
+        if state.summary.report.is_some() || state.summary.kill_reason.is_some() {
+            return;
+        }
+        state.summary.kill_reason = Some(reason);
+        let frame = ServerFrame::Kill(reason.as_str().to_string()).encode();
+        match &state.control {
+            Some((_, tx)) => {
+                let _ = tx.send(frame);
+            }
+            None => state.kill_pending = Some(reason.as_str().to_string()),
+        }
+    }
+
+    /// Judges liveness by the time since the last message, with the
+    /// server's clock. A job whose shim is disconnected is not judged.
+    pub fn check_liveness(&self) -> Liveness {
+        let mut state = self.lock();
+        if state.control.is_none() || state.summary.report.is_some() || state.summary.kill_reason.is_some() {
+            return Liveness::Healthy;
+        }
+        let elapsed = state.last_seen.elapsed();
+        let since_ms = elapsed.as_millis() as u64;
+        if elapsed >= self.heartbeat_timeout * 2 {
+            return Liveness::Dead { since_ms };
+        }
+        if elapsed >= self.heartbeat_timeout && !state.stale {
+            state.stale = true;
+            return Liveness::Stale { since_ms };
+        }
+        Liveness::Healthy
+    }
+
+    /// Attaches a control session and returns the last processed sequence
+    /// number. The heartbeat clock restarts here, so a reconnect never kills
+    /// a healthy job.
+    pub fn attach(&self, session: u64, tx: mpsc::UnboundedSender<Vec<u8>>) -> u64 {
+        let mut state = self.lock();
+        state.last_seen = Instant::now();
+        state.stale = false;
+        if let Some(reason) = state.kill_pending.take() {
+            let _ = tx.send(ServerFrame::Kill(reason).encode());
+        }
+        state.control = Some((session, tx));
+        state.processed_seq
+    }
+
+    /// Detaches a control session that ended.
+    pub fn detach(&self, session: u64) {
+        let mut state = self.lock();
+        if state.control.as_ref().is_some_and(|(id, _)| *id == session) {
+            state.control = None;
+        }
+        if state.shim_exited {
+            Self::deliver_lost(&mut state, &self.job_id);
+        }
+    }
+
+    /// Records that the shim process is gone. Without an exit report and
+    /// without a connection left to read, the attempt is lost.
+    pub fn shim_exited(&self, _inner: &Inner) {
+        let mut state = self.lock();
+        state.shim_exited = true;
+        if state.control.is_none() {
+            Self::deliver_lost(&mut state, &self.job_id);
+        }
+    }
+
+    fn deliver_lost(state: &mut State, job_id: &str) {
+        if let Some(tx) = state.exit_tx.take() {
+            tracing::warn!(job_id = %job_id, "the job's shim exited without reporting the job's exit");
+            state.log.flush();
+            let _ = tx.send(state.summary.clone());
+        }
+    }
+
+    /// Returns true when `seq` was processed already (a replay).
+    pub fn already_processed(&self, seq: u64) -> bool {
+        seq <= self.lock().processed_seq
+    }
+
+    /// Returns the last processed sequence number.
+    pub fn processed_seq(&self) -> u64 {
+        self.lock().processed_seq
+    }
+
+    /// Applies the handshake: records the job's pid.
+    pub async fn on_hello(&self, inner: &Inner, hello: &Hello) {
+        let pid = hello.child_pid.map(i64::from);
+        inner.live.pid(&self.job_id, pid);
+        let update = SpawnUpdate {
+            id: self.job_id.clone(),
+            attempt: self.attempt,
+            pid,
+            process_state: ProcessState::Spawning,
+            shim_token: None,
+        };
+        if let Err(err) = inner.store.job_spawned(&update).await {
+            tracing::warn!(job_id = %self.job_id, error = %err, "recording the job's pid failed");
+        }
+    }
+
+    /// Applies one frame forwarded by the shim.
+    pub async fn process(self: &Arc<Self>, inner: &Inner, frame: ShimFrame) {
+        let seq = frame.seq();
+        match frame {
+            ShimFrame::Hello(_) => {}
+            ShimFrame::Message { conn, line, .. } => self.on_message(inner, seq, conn, &line).await,
+            ShimFrame::Stdout { line, .. } => self.on_output(inner, seq, "stdout", "info", &line).await,
+            ShimFrame::Stderr { line, .. } => self.on_output(inner, seq, "stderr", "error", &line).await,
+            ShimFrame::Oversize { conn, len, .. } => {
+                tracing::error!(job_id = %self.job_id, job_name = %self.name, conn, bytes = len, "closed a job connection: message line over max_message_bytes");
+                let mut state = self.lock();
+                state.summary.oversize = Some(len);
+                let entry = self.entry("log", "error", format!("message over the size limit ({len} bytes); the connection was closed"));
+                state.log.append(&entry);
+            }
+            ShimFrame::Exit { report, .. } => {
+                tracing::debug!(job_id = %self.job_id, exit_code = ?report.code, signal = ?report.signal, elapsed_ms = report.elapsed_ms, "job process exited");
+                let mut state = self.lock();
+                state.summary.report = Some(report);
+                state.log.flush();
+                let summary = state.summary.clone();
+                if let Some(tx) = state.exit_tx.take() {
+                    let _ = tx.send(summary);
+                }
+            }
+        }
+        self.lock().processed_seq = seq;
+    }
+
+    fn entry(&self, stream: &str, level: &str, message: String) -> LogEntry {
+        LogEntry {
+            ts: now_ms(),
+            attempt: self.attempt,
+            stream: stream.into(),
+            level: level.into(),
+            message,
+            data: None,
+        }
+    }
+
+    async fn on_output(&self, inner: &Inner, seq: u64, stream: &str, level: &str, line: &[u8]) {
+        let mut text = String::from_utf8_lossy(line).into_owned();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+        self.lock().log.append(&self.entry(stream, level, text.clone()));
+        inner
+            .events
+            .emit(
+                "job.external.log",
+                json!({"jobId": self.job_id, "name": self.name, "level": level, "message": text, "data": Value::Null, "stream": stream, "seq": seq}),
+            )
+            .await;
+    }
+
+    async fn on_message(self: &Arc<Self>, inner: &Inner, seq: u64, conn: u64, line: &[u8]) {
+        let parsed = match parse_line(line) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                tracing::warn!(job_id = %self.job_id, job_name = %self.name, conn, error = %err, "rejected a message line");
+                return;
+            }
+        };
+        if parsed.job_id != self.job_id {
+            tracing::warn!(job_id = %self.job_id, message_job_id = %parsed.job_id, "rejected a message for another job on this job's socket");
+            return;
+        }
+        let now = now_ms();
+        {
+            let mut state = self.lock();
+            state.last_seen = Instant::now();
+            state.stale = false;
+            if state.summary.terminal.is_some() {
+                tracing::debug!(job_id = %self.job_id, kind = parsed.message.kind(), "ignored a message after the job's terminal message");
+                return;
+            }
+        }
+        inner.live.heartbeat(&self.job_id, now);
+        if let Some(raw) = parsed.clamped_percent {
+            tracing::warn!(job_id = %self.job_id, percent = raw, "progress percent outside 0-100 was clamped");
+        }
+
+        let (id, name, attempt) = (&self.job_id, &self.name, self.attempt);
+        match parsed.message {
+            JobMessage::Started { protocol } => {
+                if protocol.unwrap_or(1) >= 2 {
+                    self.lock().protocol2.insert(conn);
+                }
+                inner.live.process_state(id, ProcessState::Running);
+                inner
+                    .events
+                    .emit("job.external.spawned", json!({"jobId": id, "name": name, "attempt": attempt, "seq": seq}))
+                    .await;
+            }
+            JobMessage::Progress { percent, message, data } => {
+                inner.live.progress(id, percent, message.as_deref());
+                inner
+                    .events
+                    .emit(
+                        "job.external.progress",
+                        json!({"jobId": id, "name": name, "percent": percent, "message": message, "data": data, "attempt": attempt, "seq": seq}),
+                    )
+                    .await;
+            }
+            JobMessage::Heartbeat => {}
+            JobMessage::Log { level, message, data } => {
+                let mut entry = self.entry("log", level.as_str(), message.clone());
+                entry.data = data.clone();
+                self.lock().log.append(&entry);
+                inner
+                    .events
+                    .emit(
+                        "job.external.log",
+                        json!({"jobId": id, "name": name, "level": level.as_str(), "message": message, "data": data, "stream": "log", "seq": seq}),
+                    )
+                    .await;
+            }
+            JobMessage::Completed { result } => self.record_terminal(Terminal::Completed(result)),
+            JobMessage::Failed { error, stack } => self.record_terminal(Terminal::Failed { error, stack }),
+            JobMessage::Unknown { kind } => {
+                tracing::info!(job_id = %id, kind = %kind, "ignored a message of unknown type");
+            }
+        }
+    }
+
+    fn record_terminal(self: &Arc<Self>, terminal: Terminal) {
+        {
+            let mut state = self.lock();
+            state.summary.terminal_after_cancel = state.summary.cancel_requested;
+            state.summary.terminal = Some(terminal);
+        }
+        // The job is finished: a process that lingers past the grace is
+        // terminated.
+        let run = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(run.kill_grace).await;
+            let exited = run.lock().summary.report.is_some();
+            if !exited {
+                run.request_kill(KillReason::Finished, false);
+            }
+        });
+    }
+}

@@ -1,0 +1,384 @@
+//! End-to-end tests of external jobs: real shims, real worker processes,
+//! real sockets and a real SQLite file.
+
+mod common;
+
+use burro::config::Transport;
+use burro::jobs::EnqueueOptions;
+use burro::store::JobStatus;
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn once() -> EnqueueOptions {
+    EnqueueOptions {
+        max_attempts: Some(1),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_job_completes_with_result() {
+    let server = start(vec![("py", external("python3", "complete.py"))]).await;
+    let id = server.core().jobs.enqueue("py", json!({"x": 1}), once()).await.unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+    assert_eq!(job.result, Some(json!({"echo": {"x": 1}})));
+    assert_eq!(job.attempts, 1);
+    assert!(job.external);
+    assert_eq!(job.progress.percent, Some(50.0));
+    assert!(job.completed_at.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_job_completes_with_result() {
+    let server = start(vec![("sh", external("bash", "complete.sh"))]).await;
+    let id = server.core().jobs.enqueue("sh", json!({"steps": 4}), once()).await.unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+    assert_eq!(job.result, Some(json!({"ok": true, "steps": 4})));
+    assert_eq!(job.progress.percent, Some(50.0));
+    assert_eq!(job.progress.message.as_deref(), Some("half"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_job_completes_without_message_pipe() {
+    let server = start_with(
+        |config| {
+            config.external.message_fd = false;
+            config.external_jobs.insert("sh".into(), external("bash", "complete.sh"));
+        },
+        |_| {},
+    )
+    .await;
+    let id = server.core().jobs.enqueue("sh", json!({"steps": 2}), once()).await.unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+    assert_eq!(job.result, Some(json!({"ok": true, "steps": 2})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_transport_completes() {
+    let server = start_with(
+        |config| {
+            config.external.transport = Transport::Tcp;
+            config.external.tcp_port_range = [41000, 41999];
+            config.external_jobs.insert("py".into(), external("python3", "complete.py"));
+        },
+        |_| {},
+    )
+    .await;
+    let id = server.core().jobs.enqueue("py", json!("tcp"), once()).await.unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+    assert_eq!(job.result, Some(json!({"echo": "tcp"})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_code_three_fails() {
+    let server = start(vec![("exit", external("bash", "exit_code.sh"))]).await;
+    let id = server.core().jobs.enqueue("exit", json!({"code": 3}), once()).await.unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.error.as_deref(), Some("process exited with code 3"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_zero_without_message_completes_without_result() {
+    let server = start(vec![("exit", external("bash", "exit_code.sh"))]).await;
+    let id = server.core().jobs.enqueue("exit", json!({"code": 0}), once()).await.unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.result, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_by_signal_fails() {
+    let server = start(vec![("sig", external("bash", "self_signal.sh"))]).await;
+    let id = server.core().jobs.enqueue("sig", json!({}), once()).await.unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.error.as_deref(), Some("process killed by signal SIGKILL"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_not_found_fails_with_reason() {
+    let server = start(vec![(
+        "missing",
+        burro::config::ExternalJobConfig {
+            command: "/nonexistent/worker".into(),
+            ..Default::default()
+        },
+    )])
+    .await;
+    let id = server.core().jobs.enqueue("missing", json!({}), once()).await.unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    let error = job.error.unwrap();
+    assert!(error.contains("/nonexistent/worker"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_job_goes_stale_then_is_killed() {
+    let mut hang = external("bash", "hang.sh");
+    hang.heartbeat_timeout = Some(Duration::from_millis(600));
+    let server = start(vec![("hang", hang)]).await;
+    let mut stale = server.core().events.subscribe("job.stale");
+    let id = server.core().jobs.enqueue("hang", json!({}), once()).await.unwrap();
+
+    let event = within(WAIT, stale.recv()).await.expect("job.stale emitted");
+    assert_eq!(event.data["jobId"], json!(id));
+    assert_eq!(event.data["name"], json!("hang"));
+    assert!(event.data["timeSinceHeartbeat"].as_u64().unwrap() >= 600);
+
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.error.as_deref(), Some("heartbeat timeout"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_kills_long_job() {
+    let mut long = external("python3", "sleep_long.py");
+    long.timeout = Some(Duration::from_millis(800));
+    let server = start(vec![("long", long)]).await;
+    let id = server.core().jobs.enqueue("long", json!({"seconds": 60}), once()).await.unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.error.as_deref(), Some("timed out after 800 ms"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_timeout_overrides_job_timeout() {
+    let server = start(vec![("long", external("python3", "sleep_long.py"))]).await;
+    let options = EnqueueOptions {
+        max_attempts: Some(1),
+        timeout: Some(Duration::from_millis(500)),
+        ..Default::default()
+    };
+    let id = server.core().jobs.enqueue("long", json!({"seconds": 60}), options).await.unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.error.as_deref(), Some("timed out after 500 ms"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_process_group() {
+    let server = start(vec![("gc", external("bash", "grandchild.sh"))]).await;
+    let pid_file = server.dir.path().join("grandchild.pid");
+    let id = server
+        .core()
+        .jobs
+        .enqueue("gc", json!({"pidFile": pid_file.display().to_string()}), once())
+        .await
+        .unwrap();
+    let grandchild: i32 = within(WAIT, async {
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&pid_file) {
+                if let Ok(pid) = text.trim().parse() {
+                    return pid;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(process_exists(grandchild));
+    let running = server.wait_for(&id, "pid recorded", |job| job.pid.is_some()).await;
+    let leader = running.pid.unwrap() as i32;
+
+    match server.core().jobs.cancel(&id).await.unwrap() {
+        burro::jobs::CancelResult::Requested(job) => assert_eq!(job.status, JobStatus::Running),
+        other => panic!("expected a cancel request, got {other:?}"),
+    }
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Cancelled);
+
+    // The shim reaps every process it started, so neither the leader nor the
+    // grandchild remains, not even as a zombie.
+    within(WAIT, async {
+        while process_exists(grandchild) || process_exists(leader) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_leaving_process_group_is_terminated() {
+    let server = start(vec![("daemon", external("bash", "fork_daemon.sh"))]).await;
+    let pid_file = server.dir.path().join("daemon.pid");
+    let id = server
+        .core()
+        .jobs
+        .enqueue("daemon", json!({"pidFile": pid_file.display().to_string()}), once())
+        .await
+        .unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+    let daemon: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    within(WAIT, async {
+        while process_exists(daemon) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_job_retries_until_max_attempts() {
+    let server = start(vec![("fail", external("python3", "fail_always.py"))]).await;
+    let mut events = server.core().events.subscribe("job.*");
+    let options = EnqueueOptions {
+        max_attempts: Some(3),
+        ..Default::default()
+    };
+    let id = server.core().jobs.enqueue("fail", json!({}), options).await.unwrap();
+
+    let mut retrying = Vec::new();
+    let mut failed = Vec::new();
+    within(WAIT, async {
+        while failed.is_empty() {
+            let event = events.recv().await.unwrap();
+            match event.name.as_str() {
+                "job.retrying" => retrying.push(event.data.clone()),
+                "job.failed" => failed.push(event.data.clone()),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(retrying.len(), 2, "{retrying:?}");
+    assert_eq!(retrying[0]["attempt"], json!(1));
+    assert_eq!(retrying[1]["attempt"], json!(2));
+    assert!(retrying[0]["error"].as_str().unwrap().contains("boom attempt"));
+    assert!(retrying[0]["runAt"].is_string());
+    assert_eq!(failed[0]["jobId"], json!(id));
+    assert!(failed[0]["stack"].as_str().unwrap().contains("Traceback"));
+
+    let job = server.core().jobs.get(&id).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.attempts, 3);
+    assert!(job.error.unwrap().contains("boom attempt"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_job_id_is_rejected() {
+    let server = start(vec![("foreign", external("python3", "foreign_id.py"))]).await;
+    let mut progress = server.core().events.subscribe("job.external.progress");
+    let id = server.core().jobs.enqueue("foreign", json!({}), once()).await.unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+    while let Some(event) = progress.try_recv() {
+        assert_ne!(event.data["jobId"], json!("someone-else"));
+        assert_eq!(event.data["jobId"], json!(id));
+        assert_ne!(event.data["percent"], json!(66), "the foreign line must not count for this job");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_line_closes_only_its_connection() {
+    let server = start_with(
+        |config| {
+            config.external.max_message_bytes = 1024;
+            config.external_jobs.insert("big".into(), external("python3", "oversize.py"));
+        },
+        |_| {},
+    )
+    .await;
+    let id = server.core().jobs.enqueue("big", json!({"bytes": 4096}), once()).await.unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shell_text_round_trips() {
+    let server = start(vec![("echo", external("bash", "echo_text.sh"))]).await;
+    let mut events = server.core().events.subscribe("job.external.*");
+    let text = "quote \" backslash \\ newline \n tab \t bell \u{7} unicode é ✓ 日本 $HOME `cmd` 'single'";
+    let id = server.core().jobs.enqueue("echo", json!({"text": text}), once()).await.unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+    assert_eq!(job.result, Some(json!({"text": text})));
+
+    let mut progress_message = None;
+    let mut log_message = None;
+    while let Some(event) = events.try_recv() {
+        match event.name.as_str() {
+            "job.external.progress" => progress_message = event.data["message"].as_str().map(str::to_string),
+            "job.external.log" if event.data["stream"] == json!("log") => log_message = event.data["message"].as_str().map(str::to_string),
+            _ => {}
+        }
+    }
+    assert_eq!(progress_message.as_deref(), Some(text));
+    assert_eq!(log_message.as_deref(), Some(text));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_subscriber_sees_one_completion_after_all_progress() {
+    let server = start(vec![("flood", external("python3", "flood_progress.py"))]).await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Value)>::new()));
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let done_tx = std::sync::Mutex::new(Some(done_tx));
+    {
+        let seen = seen.clone();
+        server.core().events.on("job.*", move |event| {
+            let seen = seen.clone();
+            let finished = event.name == "job.completed" || event.name == "job.failed";
+            let done = if finished { done_tx.lock().unwrap().take() } else { None };
+            async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                seen.lock().unwrap().push((event.name.clone(), event.data.clone()));
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+                Ok(())
+            }
+        });
+    }
+    let count = 20_000;
+    let id = server.core().jobs.enqueue("flood", json!({"count": count}), once()).await.unwrap();
+    within(Duration::from_secs(240), done_rx).await.unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+
+    let seen = seen.lock().unwrap();
+    let completions: Vec<usize> = seen.iter().enumerate().filter(|(_, (name, _))| name == "job.completed").map(|(i, _)| i).collect();
+    assert_eq!(completions.len(), 1, "exactly one job.completed");
+    let completed = &seen[completions[0]].1;
+    assert_eq!(completed["result"], json!({"sent": count}));
+    let progress: Vec<usize> = seen.iter().enumerate().filter(|(_, (name, _))| name == "job.external.progress").map(|(i, _)| i).collect();
+    assert_eq!(progress.len(), count, "every progress message delivered");
+    assert!(completions[0] > *progress.last().unwrap(), "completion comes after the last progress");
+    assert_eq!(seen[*progress.last().unwrap()].1["message"], json!((count - 1).to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_trivial_jobs_complete() {
+    let server = start_with(
+        |config| {
+            config.jobs.concurrency = 20;
+            config.external_jobs.insert("trivial".into(), external("python3", "trivial.py"));
+        },
+        |_| {},
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        ids.push(server.core().jobs.enqueue("trivial", json!({"i": i}), once()).await.unwrap());
+    }
+    for id in &ids {
+        let job = server.wait_finished(id).await;
+        assert_eq!(job.status, JobStatus::Completed, "job {id}: {:?}", job.error);
+        assert_eq!(job.result, Some(json!({"ok": true})));
+    }
+    let page = server
+        .core()
+        .jobs
+        .list(burro::store::ListQuery {
+            status: Some(JobStatus::Completed),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 200);
+}
