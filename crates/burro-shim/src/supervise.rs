@@ -58,7 +58,10 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
         crate::shim_log!(job_id, "becoming a child subreaper failed: {err}; descendants that leave the process group may survive the job");
     }
 
-    let (listener, address, socket_file) = bind_listener(&spec).await?;
+    let (listener, address, socket_file) = match bind_listener(&spec).await {
+        Ok(bound) => bound,
+        Err(reason) => return fail_before_start(&spec, &job_id, String::new(), reason, started_at).await,
+    };
     let mut seq = 0u64;
     let mut next_seq = || {
         seq += 1;
@@ -66,7 +69,14 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
     };
 
     let message_pipe = if spec.message_fd {
-        Some(process::pipe_cloexec().map_err(|err| format!("creating the message pipe failed: {err}"))?)
+        match process::pipe_cloexec() {
+            Ok(pipe) => Some(pipe),
+            Err(err) => {
+                remove_socket(&socket_file);
+                let reason = format!("creating the message pipe failed: {err}");
+                return fail_before_start(&spec, &job_id, address, reason, started_at).await;
+            }
+        }
     } else {
         None
     };
@@ -83,32 +93,14 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
     let spawned = command.spawn();
     let message_reader = message_pipe.map(|(read, _write)| read);
 
-    let mut hello = Hello {
-        version: CONTROL_VERSION,
-        job_id: spec.job_id.clone(),
-        token: spec.token.clone(),
-        attempt: spec.attempt,
-        shim_pid: std::process::id(),
-        child_pid: None,
-        address: address.clone(),
-    };
+    let mut hello = hello_for(&spec, address.clone());
 
     let mut child = match spawned {
         Ok(child) => child,
         Err(err) => {
-            let reason = format!("starting {:?} failed: {err}", spec.command);
-            crate::shim_log!(job_id, "{reason}");
-            let mut handle = session::start(job_id.clone(), spec.control_socket.clone(), hello);
-            let report = ExitReport {
-                spawn_error: Some(reason),
-                elapsed_ms: started_at.elapsed().as_millis() as u64,
-                ..Default::default()
-            };
-            let seq = next_seq();
-            let _ = handle.frames.send((seq, ShimFrame::Exit { seq, report }.encode()));
-            wait_for_bye(&mut handle, Duration::from_millis(spec.linger_ms)).await;
             remove_socket(&socket_file);
-            return Ok(());
+            let reason = format!("starting {:?} failed: {err}", spec.command);
+            return fail_before_start(&spec, &job_id, address, reason, started_at).await;
         }
     };
     let pid = Pid::from_raw(child.id() as i32);
@@ -253,6 +245,10 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
         if let Phase::Reported { since } = phase {
             process::reap_exited();
             let children_left = !process::list_children().is_empty();
+            if children_left && termination.as_ref().is_some_and(|t| t.killed) {
+                // Descendants reparented after the first sweep get SIGKILL too.
+                process::signal_orphans(None, Signal::SIGKILL);
+            }
             if got_bye && !children_left {
                 break;
             }
@@ -264,6 +260,33 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
     }
 
     remove_socket(&socket_file);
+    Ok(())
+}
+
+fn hello_for(spec: &ShimSpec, address: String) -> Hello {
+    Hello {
+        version: CONTROL_VERSION,
+        job_id: spec.job_id.clone(),
+        token: spec.token.clone(),
+        attempt: spec.attempt,
+        shim_pid: std::process::id(),
+        child_pid: None,
+        address,
+    }
+}
+
+/// Reports a job that could not be started, so the server records the
+/// reason instead of a lost job.
+async fn fail_before_start(spec: &ShimSpec, job_id: &Rc<str>, address: String, reason: String, started_at: Instant) -> Result<(), String> {
+    crate::shim_log!(job_id, "{reason}");
+    let mut handle = session::start(job_id.clone(), spec.control_socket.clone(), hello_for(spec, address));
+    let report = ExitReport {
+        spawn_error: Some(reason),
+        elapsed_ms: started_at.elapsed().as_millis() as u64,
+        ..Default::default()
+    };
+    let _ = handle.frames.send((1, ShimFrame::Exit { seq: 1, report }.encode()));
+    wait_for_bye(&mut handle, Duration::from_millis(spec.linger_ms)).await;
     Ok(())
 }
 
@@ -326,7 +349,14 @@ fn start_job_side(
     Ok(())
 }
 
-async fn bind_listener(spec: &ShimSpec) -> Result<(JobListener, String, Option<String>), String> {
+/// The job socket file and its inode, so the shim removes only the file it
+/// created and never the socket of a later attempt bound at the same path.
+struct SocketFile {
+    path: String,
+    inode: u64,
+}
+
+async fn bind_listener(spec: &ShimSpec) -> Result<(JobListener, String, Option<SocketFile>), String> {
     match &spec.transport {
         TransportSpec::Unix { path } => {
             // A socket file left by an earlier attempt of the same job would
@@ -342,7 +372,10 @@ async fn bind_listener(spec: &ShimSpec) -> Result<(JobListener, String, Option<S
             // bind applies the umask, so set the mode on the path afterwards.
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
                 .map_err(|err| format!("setting mode 0600 on the job socket {path} failed: {err}"))?;
-            Ok((JobListener::Unix(listener), path.clone(), Some(path.clone())))
+            let inode = std::os::unix::fs::MetadataExt::ino(
+                &std::fs::symlink_metadata(path).map_err(|err| format!("checking the job socket {path} failed: {err}"))?,
+            );
+            Ok((JobListener::Unix(listener), path.clone(), Some(SocketFile { path: path.clone(), inode })))
         }
         TransportSpec::Tcp { port_low, port_high } => {
             let (low, high) = (*port_low, (*port_high).max(*port_low));
@@ -359,9 +392,13 @@ async fn bind_listener(spec: &ShimSpec) -> Result<(JobListener, String, Option<S
     }
 }
 
-fn remove_socket(socket_file: &Option<String>) {
-    if let Some(path) = socket_file {
-        let _ = std::fs::remove_file(path);
+fn remove_socket(socket_file: &Option<SocketFile>) {
+    let Some(file) = socket_file else { return };
+    let still_ours = std::fs::symlink_metadata(&file.path)
+        .map(|meta| std::os::unix::fs::MetadataExt::ino(&meta) == file.inode)
+        .unwrap_or(false);
+    if still_ours {
+        let _ = std::fs::remove_file(&file.path);
     }
 }
 

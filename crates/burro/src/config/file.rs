@@ -21,6 +21,7 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HEARTBEAT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = burro_protocol::DEFAULT_MAX_MESSAGE_BYTES;
 pub const DEFAULT_MAX_CONNECTIONS_PER_JOB: usize = 64;
 pub const DEFAULT_TCP_PORT_RANGE: [u16; 2] = [49152, 65535];
@@ -175,6 +176,10 @@ pub struct ExternalConfig {
     /// Time between SIGTERM and SIGKILL. Default 5 s.
     #[serde(with = "serde_duration")]
     pub kill_grace: Duration,
+    /// Time a job that announced protocol 2 gets to stop after a `cancel`
+    /// message, before SIGTERM. Default 10 s.
+    #[serde(with = "serde_duration")]
+    pub cancel_grace: Duration,
     /// Longest message line, in bytes. Default 16 MiB.
     pub max_message_bytes: usize,
     /// Simultaneous connections to one job socket. Default 64.
@@ -199,6 +204,7 @@ impl Default for ExternalConfig {
             default_heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             heartbeat_check_interval: DEFAULT_HEARTBEAT_CHECK_INTERVAL,
             kill_grace: DEFAULT_KILL_GRACE,
+            cancel_grace: DEFAULT_CANCEL_GRACE,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_connections_per_job: DEFAULT_MAX_CONNECTIONS_PER_JOB,
             message_fd: true,
@@ -213,7 +219,7 @@ impl ExternalConfig {
     pub fn socket_dir(&self) -> PathBuf {
         self.socket_dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("/tmp/burro-{}", nix::unistd::getuid())))
+            .unwrap_or_else(|| PathBuf::from(format!("/tmp/burro-{}", nix::unistd::geteuid())))
     }
 }
 
@@ -350,6 +356,15 @@ impl Config {
         }
         if self.external.max_connections_per_job == 0 {
             return Err("external.max_connections_per_job is 0: it must be at least 1".into());
+        }
+        if self.jobs.poll_interval < std::time::Duration::from_millis(10) {
+            return Err("jobs.poll_interval must be at least 10ms".into());
+        }
+        if self.external.shim_linger < std::time::Duration::from_secs(1) {
+            return Err("external.shim_linger must be at least 1s, so a shim can report its job's exit".into());
+        }
+        if self.external.max_log_line < 256 {
+            return Err(format!("external.max_log_line is {}: it must be at least 256", self.external.max_log_line));
         }
         if self.external.default_heartbeat_timeout.is_zero() {
             return Err("external.default_heartbeat_timeout must be greater than 0".into());

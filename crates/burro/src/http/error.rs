@@ -46,3 +46,16 @@ impl IntoResponse for ApiError {
 pub(crate) async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {}", uri.path()))
 }
+
+pub(crate) async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Maps an undecodable query string to a JSON error.
+pub(crate) fn query_rejection(rejection: axum::extract::rejection::QueryRejection) -> ApiError {
+    ApiError::bad_request("invalid_query", format!("invalid query string: {}", rejection.body_text()))
+}

@@ -5,6 +5,7 @@ use crate::jobs::JobView;
 use crate::server::Core;
 use crate::sse::SseMessage;
 use crate::store::JobStatus;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -82,10 +83,11 @@ fn finished_response(core: &Core, job: &JobView, last_id: Option<&str>) -> Respo
 /// `jobs`), replaying missed events after `Last-Event-ID`.
 pub(crate) async fn channel_events(
     State(core): State<Core>,
-    Query(params): Query<Vec<(String, String)>>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let mut channels = Vec::new();
+    let Query(params) = params.map_err(super::error::query_rejection)?;
     for (key, value) in params {
         match key.as_str() {
             "channel" => channels.extend(value.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_string)),
@@ -98,7 +100,7 @@ pub(crate) async fn channel_events(
         channels.push("jobs".into());
     }
     if let Some(bad) = channels.iter().find(|c| c.len() > 200 || c.chars().any(char::is_control)) {
-        return Err(ApiError::bad_request("invalid_channel", format!("invalid channel {bad:?}: at most 200 characters, no control characters")));
+        return Err(ApiError::bad_request("invalid_channel", format!("invalid channel {bad:?}: at most 200 bytes, no control characters")));
     }
     let last_id = last_event_id(&headers);
     let (_client, stream) = core.sse.add_client(&channels, last_id.as_deref());

@@ -7,6 +7,7 @@ use crate::jobs::{CancelResult, EnqueueOptions, JobsError};
 use crate::server::Core;
 use crate::store::{JobStatus, ListQuery};
 use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -104,8 +105,9 @@ pub(crate) async fn get_one(State(core): State<Core>, Path(id): Path<String>) ->
 }
 
 /// `GET /api/jobs?status=&name=&limit=&offset=`.
-pub(crate) async fn list(State(core): State<Core>, Query(params): Query<Vec<(String, String)>>) -> Result<Response, ApiError> {
+pub(crate) async fn list(State(core): State<Core>, params: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<Response, ApiError> {
     let mut query = ListQuery::default();
+    let Query(params) = params.map_err(super::error::query_rejection)?;
     for (key, value) in params {
         match key.as_str() {
             "status" if !value.is_empty() => {
@@ -149,8 +151,9 @@ pub(crate) async fn cancel(State(core): State<Core>, Path(id): Path<String>) -> 
 }
 
 /// `GET /api/jobs/{id}/logs?tail=N`.
-pub(crate) async fn logs(State(core): State<Core>, Path(id): Path<String>, Query(params): Query<Vec<(String, String)>>) -> Result<Response, ApiError> {
+pub(crate) async fn logs(State(core): State<Core>, Path(id): Path<String>, params: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<Response, ApiError> {
     let mut tail = None;
+    let Query(params) = params.map_err(super::error::query_rejection)?;
     for (key, value) in params {
         match key.as_str() {
             "tail" => tail = Some(parse_count("tail", &value)? as usize),

@@ -22,6 +22,7 @@ pub fn router(core: Core, body_limit: usize) -> Router {
         .route("/api/events", get(events::channel_events))
         .route("/health", get(jobs::health))
         .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(core)
 }

@@ -334,9 +334,13 @@ impl Jobs {
                 tracing::info!(job_id = %job.id, job_name = %job.name, "cancel requested for a running job");
                 self.shared.supervisor.request_cancel(&job.id);
             }
-            _ => {
+            _ if job.node_id.as_deref() == Some(self.shared.settings.node_id.as_str()) => {
+                // Claimed by this node but its executor has not started yet.
                 drop(running);
                 self.shared.early_cancels.lock().expect("early cancels lock").insert(job.id.clone());
+            }
+            _ => {
+                tracing::warn!(job_id = %job.id, node_id = ?job.node_id, "cannot cancel a job running on another node");
             }
         }
     }

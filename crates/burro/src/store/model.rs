@@ -171,7 +171,8 @@ pub struct SpawnUpdate {
     pub id: String,
     pub attempt: u32,
     pub pid: Option<i64>,
-    pub process_state: ProcessState,
+    /// Unchanged when `None`.
+    pub process_state: Option<ProcessState>,
     pub shim_token: Option<String>,
 }
 

@@ -210,11 +210,11 @@ impl Store for SqliteStore {
 
     async fn job_spawned(&self, update: &SpawnUpdate) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE jobs SET pid = ?, process_state = ?, shim_token = COALESCE(?, shim_token) \
+            "UPDATE jobs SET pid = ?, process_state = COALESCE(?, process_state), shim_token = COALESCE(?, shim_token) \
              WHERE id = ? AND attempts = ? AND status = 'running'",
         )
         .bind(update.pid)
-        .bind(update.process_state.as_str())
+        .bind(update.process_state.map(ProcessState::as_str))
         .bind(&update.shim_token)
         .bind(&update.id)
         .bind(i64::from(update.attempt))

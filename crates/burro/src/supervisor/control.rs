@@ -2,7 +2,7 @@
 //! and forward frames that are processed in order and acknowledged.
 
 use super::{constant_time_eq, Inner};
-use burro_protocol::control::{ServerFrame, ShimFrame, Welcome, CONTROL_VERSION};
+use burro_protocol::control::{ServerFrame, ShimFrame, CONTROL_VERSION};
 use burro_protocol::{LineBuffer, LineEvent};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,8 +97,7 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
     };
 
     let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-    let acked_seq = run.attach(session, tx.clone());
-    let _ = tx.send(ServerFrame::Welcome(Welcome { version: CONTROL_VERSION, acked_seq }).encode());
+    run.attach(session, tx.clone());
     run.on_hello(&inner, &hello).await;
     tracing::debug!(job_id = %run.job_id, shim_pid = hello.shim_pid, pid = ?hello.child_pid, "shim connected");
 
@@ -123,6 +122,8 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
             }
         }
         if processed_any {
+            // Log lines become readable through the API once acknowledged.
+            run.flush_log();
             let _ = tx.send(ServerFrame::Ack(run.processed_seq()).encode());
         }
         match reader.read(&mut chunk).await {

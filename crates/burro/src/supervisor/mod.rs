@@ -34,6 +34,7 @@ pub struct SupervisorSettings {
     pub default_heartbeat_timeout: Duration,
     pub heartbeat_check_interval: Duration,
     pub kill_grace: Duration,
+    pub cancel_grace: Duration,
     pub max_message_bytes: usize,
     pub max_connections_per_job: usize,
     pub message_fd: bool,
@@ -55,6 +56,7 @@ impl SupervisorSettings {
             default_heartbeat_timeout: external.default_heartbeat_timeout,
             heartbeat_check_interval: external.heartbeat_check_interval,
             kill_grace: external.kill_grace,
+            cancel_grace: external.cancel_grace,
             max_message_bytes: external.max_message_bytes,
             max_connections_per_job: external.max_connections_per_job,
             message_fd: external.message_fd,
@@ -140,7 +142,8 @@ impl Supervisor {
     pub async fn run(&self, job: &Job, external: &ExternalJob) -> ExitSummary {
         let token = new_token();
         let (exit_tx, exit_rx) = oneshot::channel();
-        let run = Arc::new(Run::new(job, external, token.clone(), self.inner.logs.writer(&job.id), exit_tx));
+        let log = self.inner.logs.writer(&job.id);
+        let run = Arc::new(Run::new(job, external, self.inner.settings.cancel_grace, token.clone(), log, exit_tx));
         self.inner.runs.lock().expect("runs lock").insert(job.id.clone(), run.clone());
         self.inner.live.process_state(&job.id, ProcessState::Spawning);
 
@@ -148,15 +151,14 @@ impl Supervisor {
             id: job.id.clone(),
             attempt: job.attempts,
             pid: None,
-            process_state: ProcessState::Spawning,
+            process_state: Some(ProcessState::Spawning),
             shim_token: Some(token.clone()),
         };
         if let Err(err) = self.inner.store.job_spawned(&update).await {
             tracing::warn!(job_id = %job.id, error = %err, "recording the shim token failed");
         }
 
-        let server_env = std::env::vars();
-        let env = job_environment(server_env, external, &job.id);
+        let env = job_environment(server_environment(), external, &job.id);
         let spec = shim_spec(&self.inner.settings, job, external, &token, env);
         if let Err(error) = self.spawn_shim(&spec, run.clone()).await {
             tracing::error!(job_id = %job.id, job_name = %job.name, error = %error, "starting the shim failed");
@@ -242,6 +244,20 @@ impl Supervisor {
     pub fn running_count(&self) -> usize {
         self.inner.runs.lock().expect("runs lock").len()
     }
+}
+
+/// Returns the server's environment. Variables whose name or value is not
+/// UTF-8 are skipped with a warning, because the shim spec is JSON.
+fn server_environment() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(key, value)| match (key.into_string(), value.into_string()) {
+            (Ok(key), Ok(value)) => Some((key, value)),
+            (key, _) => {
+                tracing::warn!(variable = ?key, "a server environment variable is not UTF-8; jobs do not inherit it");
+                None
+            }
+        })
+        .collect()
 }
 
 fn new_token() -> String {

@@ -5,7 +5,7 @@ use super::Inner;
 use crate::clock::now_ms;
 use crate::jobs::{ExitSummary, ExternalJob, KillReason, LogEntry, LogWriter, Terminal};
 use crate::store::{Job, ProcessState, SpawnUpdate};
-use burro_protocol::control::{Hello, ServerFrame, ShimFrame};
+use burro_protocol::control::{Hello, ServerFrame, ShimFrame, Welcome, CONTROL_VERSION};
 use burro_protocol::{parse_line, JobMessage};
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -44,11 +44,19 @@ pub(crate) struct Run {
     pub token: String,
     pub heartbeat_timeout: Duration,
     pub kill_grace: Duration,
+    pub cancel_grace: Duration,
     state: Mutex<State>,
 }
 
 impl Run {
-    pub fn new(job: &Job, external: &ExternalJob, token: String, log: LogWriter, exit_tx: oneshot::Sender<ExitSummary>) -> Self {
+    pub fn new(
+        job: &Job,
+        external: &ExternalJob,
+        cancel_grace: Duration,
+        token: String,
+        log: LogWriter,
+        exit_tx: oneshot::Sender<ExitSummary>,
+    ) -> Self {
         Run {
             job_id: job.id.clone(),
             name: job.name.clone(),
@@ -56,6 +64,7 @@ impl Run {
             token,
             heartbeat_timeout: external.heartbeat_timeout,
             kill_grace: external.kill_grace,
+            cancel_grace,
             state: Mutex::new(State {
                 summary: ExitSummary {
                     timeout_ms: job.timeout_ms.map(|ms| ms.max(0) as u64),
@@ -98,7 +107,9 @@ impl Run {
 
     /// Asks the shim to terminate the job (SIGTERM, then SIGKILL after the
     /// kill grace). A cancel is remembered even when the job already ended.
-    pub fn request_kill(&self, reason: KillReason, cancel: bool) {
+    /// Connections that announced protocol 2 first receive a `cancel`
+    /// message, and SIGTERM follows after the cancel grace.
+    pub fn request_kill(self: &Arc<Self>, reason: KillReason, cancel: bool) {
         let mut state = self.lock();
         if cancel {
             state.summary.cancel_requested = true;
@@ -107,6 +118,28 @@ impl Run {
             return;
         }
         state.summary.kill_reason = Some(reason);
+
+        let graceful = reason == KillReason::Cancel && !state.protocol2.is_empty() && !self.cancel_grace.is_zero();
+        if let (true, Some((_, tx))) = (graceful, &state.control) {
+            let line = json!({"type": "cancel", "jobId": self.job_id, "reason": "cancel requested"}).to_string().into_bytes();
+            for conn in &state.protocol2 {
+                let _ = tx.send(ServerFrame::Send { conn: *conn, line: line.clone() }.encode());
+            }
+            drop(state);
+            let run = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(run.cancel_grace).await;
+                let mut state = run.lock();
+                if state.summary.report.is_none() {
+                    Self::send_kill(&mut state, reason);
+                }
+            });
+            return;
+        }
+        Self::send_kill(&mut state, reason);
+    }
+
+    fn send_kill(state: &mut State, reason: KillReason) {
         let frame = ServerFrame::Kill(reason.as_str().to_string()).encode();
         match &state.control {
             Some((_, tx)) => {
@@ -138,15 +171,20 @@ impl Run {
     /// Attaches a control session and returns the last processed sequence
     /// number. The heartbeat clock restarts here, so a reconnect never kills
     /// a healthy job.
-    pub fn attach(&self, session: u64, tx: mpsc::UnboundedSender<Vec<u8>>) -> u64 {
+    pub fn attach(&self, session: u64, tx: mpsc::UnboundedSender<Vec<u8>>) {
         let mut state = self.lock();
         state.last_seen = Instant::now();
         state.stale = false;
+        // WELCOME goes first: the shim reads nothing else before it.
+        let welcome = Welcome {
+            version: CONTROL_VERSION,
+            acked_seq: state.processed_seq,
+        };
+        let _ = tx.send(ServerFrame::Welcome(welcome).encode());
         if let Some(reason) = state.kill_pending.take() {
             let _ = tx.send(ServerFrame::Kill(reason).encode());
         }
         state.control = Some((session, tx));
-        state.processed_seq
     }
 
     /// Detaches a control session that ended.
@@ -196,7 +234,7 @@ impl Run {
             id: self.job_id.clone(),
             attempt: self.attempt,
             pid,
-            process_state: ProcessState::Spawning,
+            process_state: None,
             shim_token: None,
         };
         if let Err(err) = inner.store.job_spawned(&update).await {
@@ -216,7 +254,8 @@ impl Run {
                 tracing::error!(job_id = %self.job_id, job_name = %self.name, conn, bytes = len, "closed a job connection: message line over max_message_bytes");
                 let mut state = self.lock();
                 state.summary.oversize = Some(len);
-                let entry = self.entry("log", "error", format!("message over the size limit ({len} bytes); the connection was closed"));
+                let what = if conn == 0 { "the rest of that line on the message pipe was skipped" } else { "its connection was closed" };
+                let entry = self.entry("log", "error", format!("message over the size limit ({len} bytes); {what}"));
                 state.log.append(&entry);
             }
             ShimFrame::Exit { report, .. } => {
@@ -254,7 +293,7 @@ impl Run {
             .events
             .emit(
                 "job.external.log",
-                json!({"jobId": self.job_id, "name": self.name, "level": level, "message": text, "data": Value::Null, "stream": stream, "seq": seq}),
+                json!({"jobId": self.job_id, "name": self.name, "level": level, "message": text, "data": Value::Null, "stream": stream, "attempt": self.attempt, "seq": seq}),
             )
             .await;
     }
@@ -317,7 +356,7 @@ impl Run {
                     .events
                     .emit(
                         "job.external.log",
-                        json!({"jobId": id, "name": name, "level": level.as_str(), "message": message, "data": data, "stream": "log", "seq": seq}),
+                        json!({"jobId": id, "name": name, "level": level.as_str(), "message": message, "data": data, "stream": "log", "attempt": attempt, "seq": seq}),
                     )
                     .await;
             }
