@@ -34,10 +34,20 @@ pub enum Command {
 }
 
 /// State shared between the session task and the supervisor loop.
-#[derive(Default)]
 pub struct Shared {
     /// Bytes of frames sent or queued but not yet acknowledged.
     pub unacked_bytes: Cell<usize>,
+    /// When the server last acknowledged a frame or welcomed the shim.
+    pub last_contact: Cell<tokio::time::Instant>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            unacked_bytes: Cell::new(0),
+            last_contact: Cell::new(tokio::time::Instant::now()),
+        }
+    }
 }
 
 /// Handle used by the supervisor loop to queue frames.
@@ -132,6 +142,7 @@ impl Session {
     }
 
     fn acknowledge(&mut self, acked: u64) {
+        self.shared.last_contact.set(tokio::time::Instant::now());
         while let Some((seq, bytes)) = self.unacked.front() {
             if *seq > acked {
                 break;

@@ -252,7 +252,10 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
             if got_bye && !children_left {
                 break;
             }
-            if since.elapsed() > Duration::from_millis(spec.linger_ms) {
+            // The linger counts from the last sign of a live server, so a
+            // server that is still working through a backlog is waited for.
+            let quiet_since = since.max(handle.shared.last_contact.get());
+            if quiet_since.elapsed() > Duration::from_millis(spec.linger_ms) {
                 crate::shim_log!(job_id, "the server did not confirm the exit within {} ms; leaving", spec.linger_ms);
                 break;
             }
