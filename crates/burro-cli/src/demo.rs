@@ -3,7 +3,7 @@
 
 use crate::client::Client;
 use crate::serve::{init_tracing, load_config, wait_for_signal};
-use crate::watch::{follow, new_bar};
+use crate::watch::{follow, new_bar, Printer};
 use anyhow::{anyhow, Context};
 use burro::AppServer;
 use indicatif::MultiProgress;
@@ -52,9 +52,10 @@ pub async fn demo(config: Option<PathBuf>, keep_running: bool) -> anyhow::Result
         let created = client.post("/api/jobs", &json!({"name": name, "data": data})).await?;
         let id = created["id"].as_str().unwrap_or_default().to_string();
         let bar = bars.add(new_bar(name));
+        let printer = Printer::Multi(bars.clone());
         let client = Client::new(&url)?;
         watchers.push(tokio::spawn(async move {
-            let ending = follow(&client, &id, &bar).await;
+            let ending = follow(&client, &id, &bar, &printer).await;
             bar.finish();
             (name, id, ending)
         }));

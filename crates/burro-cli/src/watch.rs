@@ -4,7 +4,7 @@ use crate::client::Client;
 use crate::sse::EventReader;
 use crate::{EXIT_JOB_FAILED, EXIT_USAGE};
 use anyhow::anyhow;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::Value;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -39,6 +39,26 @@ impl Ending {
     }
 }
 
+/// Where a watcher prints lines above the bars: a bar of its own, or the
+/// [`MultiProgress`] that holds several bars (lines printed through one of
+/// its bars would break its drawing).
+#[derive(Clone)]
+pub enum Printer {
+    Bar(ProgressBar),
+    Multi(MultiProgress),
+}
+
+impl Printer {
+    fn println(&self, line: String) {
+        match self {
+            Printer::Bar(bar) => bar.println(line),
+            Printer::Multi(multi) => {
+                let _ = multi.println(line);
+            }
+        }
+    }
+}
+
 pub fn new_bar(label: &str) -> ProgressBar {
     let bar = ProgressBar::new(100);
     let style = ProgressStyle::with_template("{prefix:>18} [{bar:30.cyan/blue}] {pos:>3}% {msg}")
@@ -52,7 +72,7 @@ pub fn new_bar(label: &str) -> ProgressBar {
 /// `burro watch ID`.
 pub async fn watch(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
     let bar = new_bar(&short_id(id));
-    match follow(client, id, &bar).await {
+    match follow(client, id, &bar, &Printer::Bar(bar.clone())).await {
         Ok(ending) => {
             bar.finish_and_clear();
             println!("job {id} {}", ending.describe());
@@ -72,7 +92,7 @@ pub fn short_id(id: &str) -> String {
 
 /// Follows `/api/jobs/{id}/events` until the job ends, updating `bar`.
 /// Reconnects with `Last-Event-ID` when the stream breaks.
-pub async fn follow(client: &Client, id: &str, bar: &ProgressBar) -> anyhow::Result<Ending> {
+pub async fn follow(client: &Client, id: &str, bar: &ProgressBar, printer: &Printer) -> anyhow::Result<Ending> {
     let mut last_id: Option<String> = None;
     let mut failures = 0;
     loop {
@@ -114,7 +134,7 @@ pub async fn follow(client: &Client, id: &str, bar: &ProgressBar) -> anyhow::Res
                 last_id = event.id.clone();
             }
             let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
-            if let Some(ending) = apply(bar, &event.event, data) {
+            if let Some(ending) = apply(bar, printer, &event.event, data) {
                 return Ok(ending);
             }
         }
@@ -127,7 +147,7 @@ pub async fn follow(client: &Client, id: &str, bar: &ProgressBar) -> anyhow::Res
 }
 
 /// Applies one event to the bar; returns the ending for a terminal event.
-fn apply(bar: &ProgressBar, event: &str, data: Value) -> Option<Ending> {
+fn apply(bar: &ProgressBar, printer: &Printer, event: &str, data: Value) -> Option<Ending> {
     match event {
         "job" => {
             if let Some(percent) = data.pointer("/progress/percent").and_then(Value::as_f64) {
@@ -151,19 +171,19 @@ fn apply(bar: &ProgressBar, event: &str, data: Value) -> Option<Ending> {
         "log" => {
             let level = data.get("level").and_then(Value::as_str).unwrap_or("info");
             let message = data.get("message").and_then(Value::as_str).unwrap_or("");
-            bar.println(format!("[{}] {level:>5} {message}", bar.prefix().trim()));
+            printer.println(format!("[{}] {level:>5} {message}", bar.prefix().trim()));
         }
         "retrying" => {
             let error = data.get("error").and_then(Value::as_str).unwrap_or("unknown error");
             let attempt = data.get("attempt").and_then(Value::as_u64).unwrap_or(0);
             let run_at = data.get("runAt").and_then(Value::as_str).unwrap_or("soon");
-            bar.println(format!("[{}] attempt {attempt} failed: {error}; retrying at {run_at}", bar.prefix().trim()));
+            printer.println(format!("[{}] attempt {attempt} failed: {error}; retrying at {run_at}", bar.prefix().trim()));
             bar.set_position(0);
             bar.set_message("waiting to retry");
         }
         "stale" => {
             let since = data.get("timeSinceHeartbeat").and_then(Value::as_u64).unwrap_or(0);
-            bar.println(format!("[{}] no heartbeat for {since} ms", bar.prefix().trim()));
+            printer.println(format!("[{}] no heartbeat for {since} ms", bar.prefix().trim()));
         }
         "completed" => {
             bar.set_position(100);
