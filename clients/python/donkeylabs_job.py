@@ -39,11 +39,11 @@ Meanwhile the thread that was sending waits, and so does every other thread
 that sends. The message whose write failed is then sent again in full on the
 new connection. Lines that the kernel had already accepted before the break
 was detected may be lost. When the timeout runs out, the message is dropped
-with a note on standard error; after that, each later message tries to
-connect only once and is dropped if that fails, except ``completed`` and
-``failed``, which always get the full retry window. The new connection does
-not announce protocol 2 again, so a cancel after a reconnect arrives as
-SIGTERM.
+with a note on standard error. After that, each later message makes one
+connection attempt and is dropped if it fails. ``completed`` and ``failed``
+are the exception: they always get the full retry window. The new
+connection does not announce protocol 2 again, so a cancel after a
+reconnect arrives as SIGTERM.
 
 Only the standard library is used; Python 3.8 or newer.
 """
@@ -178,6 +178,7 @@ class DonkeylabsJob:
         self._outcome = None
 
         self._cancel_lock = threading.Lock()
+        self._cancel_received = False
         self._cancel_callbacks = []
 
         self._stop = threading.Event()
@@ -285,7 +286,7 @@ class DonkeylabsJob:
     # Messages -------------------------------------------------------------
 
     def progress(self, percent, message=None, **data):
-        """Send ``progress``; ``percent`` is a number from 0 to 100.
+        """Send ``progress`` with ``percent``, a number from 0 to 100.
 
         Keyword arguments become the message's ``data`` object.
         """
@@ -320,7 +321,7 @@ class DonkeylabsJob:
         self.log("error", message, **data)
 
     def heartbeat(self):
-        """Send ``heartbeat``; the background thread calls this."""
+        """Send ``heartbeat``. The background heartbeat thread calls this."""
         self._send("heartbeat", {})
 
     def complete(self, result=None):
@@ -356,12 +357,13 @@ class DonkeylabsJob:
 
         Callbacks run on the reader thread, so they should be short (set a
         flag, terminate a child process). An exception in a callback is
-        printed to standard error and otherwise ignored. A callback
-        registered after the cancel arrived runs at once, in the calling
-        thread.
+        printed to standard error and otherwise ignored. The callbacks
+        registered before the cancel arrived have all run by the time
+        ``cancel_requested`` is set. A callback registered after the cancel
+        arrived runs at once, in the calling thread.
         """
         with self._cancel_lock:
-            already_cancelled = self.cancel_requested.is_set()
+            already_cancelled = self._cancel_received
             if not already_cancelled:
                 self._cancel_callbacks.append(callback)
         if already_cancelled:
@@ -370,14 +372,16 @@ class DonkeylabsJob:
 
     def _handle_cancel(self, reason):
         with self._cancel_lock:
-            if self.cancel_requested.is_set():
+            if self._cancel_received:
                 return
+            self._cancel_received = True
             self.cancel_reason = reason
-            self.cancel_requested.set()
             callbacks = list(self._cancel_callbacks)
             self._cancel_callbacks.clear()
         for callback in callbacks:
             self._run_cancel_callback(callback)
+        # Set last, so a thread woken by the event sees every callback's effect.
+        self.cancel_requested.set()
 
     def _run_cancel_callback(self, callback):
         try:
@@ -414,7 +418,7 @@ class DonkeylabsJob:
                     self._sock.sendall(line)
                     return True
                 except OSError as exc:
-                    _warn("connection to {} lost while sending {}: {}; reconnecting".format(self.socket_path, kind, exc))
+                    _warn("connection to {} lost while sending {} ({}), reconnecting".format(self.socket_path, kind, exc))
                     self._detach()
 
             if deadline is None:
@@ -447,8 +451,8 @@ class DonkeylabsJob:
             )
         elif not self._offline:
             _warn(
-                "could not reconnect to {} within {:g} s, so {} was dropped; each later message "
-                "tries one connection and is dropped if that fails".format(
+                "could not reconnect to {} within {:g} s, so {} was dropped. Each later message "
+                "makes one connection attempt and is dropped if it fails".format(
                     self.socket_path, self._reconnect_timeout, kind
                 )
             )

@@ -524,24 +524,27 @@ class HeartbeatTests(WorkerTestCase):
         self.assertTrue(self.server.all_connections[0].eof.wait(TIMEOUT))
 
     def test_concurrent_writers_never_interleave(self):
-        count = 400
+        # Lines larger than the socket buffer make sendall block part-way,
+        # which is when an unserialised heartbeat would land mid-line.
+        count = 60
+        size = 400000
         process = self.start_worker(
             """
             def handler(job):
-                padding = "x" * 20000
+                padding = "x" * %d
                 for i in range(%d):
                     job.progress(i * 100 / %d, str(i), padding=padding)
                 return {"sent": %d}
 
             run_job(handler, heartbeat_interval=0.001)
             """
-            % (count, count, count)
+            % (size, count, count, count)
         )
         self.expect("started")
         for i in range(count):
             _, message = self.expect("progress")
             self.assertEqual(message["message"], str(i))
-            self.assertEqual(len(message["data"]["padding"]), 20000)
+            self.assertEqual(len(message["data"]["padding"]), size)
         _, message = self.expect("completed")
         self.assertEqual(message["result"], {"sent": count})
         self.assertEqual(self.wait_exit(process), 0)

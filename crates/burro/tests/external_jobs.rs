@@ -382,3 +382,20 @@ async fn two_hundred_trivial_jobs_complete() {
         .unwrap();
     assert_eq!(page.total, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_two_job_receives_cancel_message() {
+    let server = start(vec![("aware", external("python3", "cancel_aware.py"))]).await;
+    let marker = server.dir.path().join("cancel.marker");
+    let id = server
+        .core()
+        .jobs
+        .enqueue("aware", json!({"markerFile": marker.display().to_string()}), once())
+        .await
+        .unwrap();
+    server.wait_for(&id, "progress reported", |job| job.progress.percent == Some(1.0)).await;
+    server.core().jobs.cancel(&id).await.unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Cancelled);
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "cancel seen");
+}

@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
+# Test worker: sends data.text as a progress message and as an info log
+# line, then completes with {"text": data.text}. The text may contain any
+# character except NUL and round-trips unchanged.
+set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../../../../clients/shell/donkeylabs-job.sh"
 
-# Sends data.text as progress message and log line, and returns it.
-job_init 1
-text=$(printf '%s' "$DONKEYLABS_JOB_DATA" | python3 -c 'import json,sys; sys.stdout.write(json.load(sys.stdin)["text"])'; printf x)
-text=${text%x}
+job_init
+# Command substitution strips trailing newlines, so the x protects those
+# of the text. The newline before it is the one job_data_get adds.
+text=$(job_data_get '.text // ""'; printf x)
+text=${text%$'\nx'}
+
 job_progress 10 "$text"
 job_info "$text"
-result=$(printf '%s' "$DONKEYLABS_JOB_DATA" | python3 -c 'import json,sys; print(json.dumps({"text": json.load(sys.stdin)["text"]}))')
-job_complete "$result"
+quoted=
+job_json_quote "$text" quoted
+job_complete "{\"text\":$quoted}"

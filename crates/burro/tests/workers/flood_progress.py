@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
+"""Test worker: sends data.count progress messages (default 20000) as fast as it can.
+
+Message i, counting from 0 to count - 1, has percent i * 100 / count and
+message str(i). The result is {"sent": count}.
+"""
+
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "clients", "python"))
+
 from donkeylabs_job import run_job  # noqa: E402
 
 
-
-# Sends data.count progress messages as fast as it can.
 def handler(job):
     count = int((job.data or {}).get("count", 20000))
     for i in range(count):
@@ -15,4 +20,5 @@ def handler(job):
     return {"sent": count}
 
 
-run_job(handler)
+if __name__ == "__main__":
+    run_job(handler)

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
+# Test worker: sends started once, then nothing more and never exits.
+# The heartbeat interval of one hour keeps it silent.
+set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../../../../clients/shell/donkeylabs-job.sh"
 
-# Sends started once, then never another message.
 job_init 3600
-sleep 1000 &
-wait
+while :; do
+    sleep 3600
+done

@@ -1,29 +1,70 @@
 #!/usr/bin/env python3
-# Sends one line of data.bytes bytes on its own connection, then completes
-# on a fresh connection.
+"""Test worker: sends one line of data.bytes bytes (default 2048), then completes.
+
+It uses plain sockets, not the wrapper library, and sends no started or
+heartbeat. The line is a valid progress message padded to exactly
+data.bytes bytes, not counting its newline (a shorter minimum when
+data.bytes is below the size of the bare message). It goes on its own
+connection. Then, on a fresh connection, the worker sends completed with
+{"afterOversize": true}, unless data.complete is false, in which case it
+exits 0 without a terminal message. Each connection is half-closed and the
+worker waits up to 3 s for the server to close it.
+"""
+
 import json
-import os
 import socket
 import sys
 import time
 
 
-def send(path, line):
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.connect(path)
+def connect(address):
+    if address.startswith("tcp://"):
+        host, _, port = address[len("tcp://"):].rpartition(":")
+        return socket.create_connection((host, int(port)), timeout=3)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(3)
+    sock.connect(address)
+    return sock
+
+
+def send_and_close(address, line):
+    """Send one line; the server may close the connection part-way."""
+    with connect(address) as sock:
         try:
-            conn.sendall(line)
-            conn.shutdown(socket.SHUT_WR)
-            conn.recv(1)
+            sock.sendall(line)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(4096):
+                pass
         except OSError:
             pass
 
 
-payload = json.loads(sys.stdin.readline())
-job_id = payload["jobId"]
-size = int((payload.get("data") or {}).get("bytes", 2048))
-path = os.environ["DONKEYLABS_SOCKET_PATH"]
-now = int(time.time() * 1000)
-filler = "x" * size
-send(path, (json.dumps({"type": "log", "jobId": job_id, "timestamp": now, "level": "info", "message": filler}) + "\n").encode())
-send(path, (json.dumps({"type": "completed", "jobId": job_id, "timestamp": now, "result": {"after": "oversize"}}) + "\n").encode())
+def main():
+    payload = json.loads(sys.stdin.readline())
+    data = payload.get("data") or {}
+    size = int(data.get("bytes", 2048))
+    address = payload["socketPath"]
+
+    message = {
+        "type": "progress",
+        "jobId": payload["jobId"],
+        "timestamp": int(time.time() * 1000),
+        "percent": 1,
+        "message": "",
+    }
+    bare = len(json.dumps(message, separators=(",", ":")).encode())
+    message["message"] = "x" * max(size - bare, 0)
+    send_and_close(address, json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    if data.get("complete", True):
+        completed = {
+            "type": "completed",
+            "jobId": payload["jobId"],
+            "timestamp": int(time.time() * 1000),
+            "result": {"afterOversize": True},
+        }
+        send_and_close(address, json.dumps(completed).encode() + b"\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,4 @@
 #!/usr/bin/env bash
-# Kills itself with SIGKILL.
-cat >/dev/null
+# Test worker: reads its payload, then kills itself with SIGKILL.
+IFS= read -r _ || true
 kill -9 $$
