@@ -1,0 +1,177 @@
+//! The `burro` binary end to end: `serve` as a real process, client
+//! commands against it, and their exit statuses.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BURRO: &str = env!("CARGO_BIN_EXE_burro");
+
+fn workers() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../burro/tests/workers")
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+    _sockets: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `burro serve` on a free port with the test workers registered.
+fn serve() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    // Socket paths must stay under 107 bytes, so use a short directory.
+    let socket_root = tempfile::Builder::new().prefix("bc").tempdir_in("/tmp").unwrap();
+    let sockets = socket_root.path().to_path_buf();
+    let workers = workers();
+    let config = format!(
+        r#"
+[server]
+bind = "127.0.0.1:0"
+data_dir = "state"
+[jobs]
+retry_backoff = false
+[external]
+socket_dir = "{sockets}/s"
+[external_jobs.py]
+command = "python3"
+args = ["{py}"]
+max_attempts = 1
+[external_jobs.exit]
+command = "bash"
+args = ["{sh}"]
+max_attempts = 1
+"#,
+        sockets = sockets.display(),
+        py = workers.join("complete.py").display(),
+        sh = workers.join("exit_code.sh").display(),
+    );
+    let config_path = dir.path().join("burro.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let mut child = Command::new(BURRO)
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env("BURRO_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("burro is serving on ") {
+                let url = rest.split_whitespace().next().unwrap_or_default().to_string();
+                let _ = tx.send(url);
+            }
+        }
+    });
+    let url = rx.recv_timeout(Duration::from_secs(30)).expect("burro serve printed its address");
+    Server {
+        child,
+        url,
+        _dir: dir,
+        _sockets: socket_root,
+    }
+}
+
+fn burro(server: &str, args: &[&str]) -> Output {
+    Command::new(BURRO).arg("--server").arg(server).args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn enqueue_wait_exits_zero_on_completion() {
+    let server = serve();
+    let output = burro(&server.url, &["enqueue", "py", "--data", r#"{"x": 1}"#, "--wait"]);
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("completed"), "{stdout}");
+    assert!(stdout.contains(r#"{"echo":{"x":1}}"#), "{stdout}");
+}
+
+#[test]
+fn enqueue_wait_exits_one_on_failure() {
+    let server = serve();
+    let output = burro(&server.url, &["enqueue", "exit", "--data", r#"{"code": 3}"#, "--wait"]);
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("process exited with code 3"));
+}
+
+#[test]
+fn status_list_and_cancel_report_the_job() {
+    let server = serve();
+    let output = burro(&server.url, &["enqueue", "py", "--data", "7"]);
+    assert_eq!(output.status.code(), Some(0));
+    let id = text(&output.stdout).trim().to_string();
+    let output = burro(&server.url, &["watch", &id]);
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", text(&output.stderr));
+
+    let output = burro(&server.url, &["status", &id, "--json"]);
+    let job: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(job["status"], "completed");
+    assert_eq!(job["result"], serde_json::json!({"echo": 7}));
+
+    let output = burro(&server.url, &["list", "--status", "completed", "--json"]);
+    let page: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(page["total"], 1);
+
+    let output = burro(&server.url, &["cancel", &id]);
+    assert_eq!(output.status.code(), Some(1), "a finished job cannot be cancelled");
+    assert!(text(&output.stderr).contains("already finished"));
+
+    let output = burro(&server.url, &["logs", &id]);
+    assert_eq!(output.status.code(), Some(0));
+}
+
+#[test]
+fn bad_input_exits_two_with_a_reason() {
+    let server = serve();
+    let output = burro(&server.url, &["enqueue", "py", "--data", "{not json"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("invalid JSON in --data"), "{}", text(&output.stderr));
+
+    let output = burro(&server.url, &["enqueue", "nope"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("unknown job name \"nope\""), "{stderr}");
+    assert!(stderr.contains("exit, py"), "{stderr}");
+
+    let output = burro(&server.url, &["status", "missing-id"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("not found"));
+}
+
+#[test]
+fn unreachable_server_exits_two() {
+    let output = burro("http://127.0.0.1:9", &["status", "x"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("cannot reach the server at http://127.0.0.1:9"), "{stderr}");
+    assert!(stderr.contains("burro serve"), "{stderr}");
+}
+
+#[test]
+fn config_typo_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("burro.toml");
+    std::fs::write(&config, "[jobs]\nconcurency = 2\n").unwrap();
+    let started = Instant::now();
+    let output = Command::new(BURRO).args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("concurency"), "{stderr}");
+    assert!(stderr.contains(&config.display().to_string()), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
