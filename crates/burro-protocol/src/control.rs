@@ -50,6 +50,26 @@ pub struct ShimSpec {
     pub max_log_line: usize,
     /// How long a shim whose job has exited waits for an absent server.
     pub linger_ms: u64,
+    /// Directory where the shim writes an exit record when the server does
+    /// not return within the linger time. Absent in specs of older servers.
+    #[serde(default)]
+    pub exit_dir: Option<String>,
+}
+
+/// First line of an exit record file; the frames the server never
+/// acknowledged follow, one per line, exactly as they would have been sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitRecordHeader {
+    pub version: u32,
+    pub job_id: String,
+    pub token: String,
+    pub attempt: u32,
+}
+
+/// Returns the file name of a job's exit record.
+pub fn exit_record_name(job_id: &str) -> String {
+    format!("{job_id}.exit")
 }
 
 /// Where the job connects.

@@ -9,13 +9,13 @@
 
 use burro_protocol::control::{Hello, ServerFrame};
 use burro_protocol::{LineBuffer, LineEvent};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 const BACKOFF_START: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -35,45 +35,48 @@ pub enum Command {
 
 /// State shared between the session task and the supervisor loop.
 pub struct Shared {
-    /// Bytes of frames sent or queued but not yet acknowledged.
+    /// Frames queued or sent but not yet acknowledged, in sequence order.
+    pub unacked: RefCell<VecDeque<(u64, Vec<u8>)>>,
+    /// Total size of `unacked`, in bytes.
     pub unacked_bytes: Cell<usize>,
     /// When the server last acknowledged a frame or welcomed the shim.
     pub last_contact: Cell<tokio::time::Instant>,
+    new_frames: Notify,
 }
 
-impl Default for Shared {
-    fn default() -> Self {
-        Shared {
-            unacked_bytes: Cell::new(0),
-            last_contact: Cell::new(tokio::time::Instant::now()),
-        }
-    }
-}
-
-/// Handle used by the supervisor loop to queue frames.
+/// Handle used by the supervisor loop to queue frames and receive commands.
 pub struct SessionHandle {
-    pub frames: mpsc::UnboundedSender<(u64, Vec<u8>)>,
     pub commands: mpsc::UnboundedReceiver<Command>,
     pub shared: Rc<Shared>,
 }
 
+impl SessionHandle {
+    /// Queues an encoded frame for delivery.
+    pub fn send(&self, seq: u64, bytes: Vec<u8>) {
+        self.shared.unacked_bytes.set(self.shared.unacked_bytes.get() + bytes.len());
+        self.shared.unacked.borrow_mut().push_back((seq, bytes));
+        self.shared.new_frames.notify_one();
+    }
+}
+
 /// Starts the session task.
 pub fn start(job_id: Rc<str>, control_path: String, hello: Hello) -> SessionHandle {
-    let (frames_tx, frames_rx) = mpsc::unbounded_channel();
     let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-    let shared = Rc::new(Shared::default());
+    let shared = Rc::new(Shared {
+        unacked: RefCell::new(VecDeque::new()),
+        unacked_bytes: Cell::new(0),
+        last_contact: Cell::new(tokio::time::Instant::now()),
+        new_frames: Notify::new(),
+    });
     let session = Session {
         job_id,
         control_path,
         hello,
-        unacked: VecDeque::new(),
         shared: shared.clone(),
-        frames: frames_rx,
         commands: commands_tx,
     };
     tokio::task::spawn_local(session.run());
     SessionHandle {
-        frames: frames_tx,
         commands: commands_rx,
         shared,
     }
@@ -83,21 +86,19 @@ struct Session {
     job_id: Rc<str>,
     control_path: String,
     hello: Hello,
-    unacked: VecDeque<(u64, Vec<u8>)>,
     shared: Rc<Shared>,
-    frames: mpsc::UnboundedReceiver<(u64, Vec<u8>)>,
     commands: mpsc::UnboundedSender<Command>,
 }
 
 enum Ended {
     /// The connection broke; reconnect.
     Disconnected,
-    /// The supervisor is gone or the server rejected us; stop for good.
+    /// The server rejected the shim; stop for good.
     Finished,
 }
 
 impl Session {
-    async fn run(mut self) {
+    async fn run(self) {
         let mut backoff = BACKOFF_START;
         let mut failures = 0u32;
         loop {
@@ -120,39 +121,38 @@ impl Session {
                     failures += 1;
                 }
             }
-            // Keep queueing new frames while waiting to reconnect.
-            let wait = tokio::time::sleep(backoff);
-            tokio::pin!(wait);
-            loop {
-                tokio::select! {
-                    _ = &mut wait => break,
-                    frame = self.frames.recv() => match frame {
-                        Some(frame) => self.queue(frame),
-                        None => return,
-                    },
-                }
-            }
+            tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
-    fn queue(&mut self, frame: (u64, Vec<u8>)) {
-        self.shared.unacked_bytes.set(self.shared.unacked_bytes.get() + frame.1.len());
-        self.unacked.push_back(frame);
-    }
-
-    fn acknowledge(&mut self, acked: u64) {
+    fn acknowledge(&self, acked: u64) {
         self.shared.last_contact.set(tokio::time::Instant::now());
-        while let Some((seq, bytes)) = self.unacked.front() {
+        let mut unacked = self.shared.unacked.borrow_mut();
+        while let Some((seq, bytes)) = unacked.front() {
             if *seq > acked {
                 break;
             }
             self.shared.unacked_bytes.set(self.shared.unacked_bytes.get() - bytes.len());
-            self.unacked.pop_front();
+            unacked.pop_front();
         }
     }
 
-    async fn serve(&mut self, stream: UnixStream) -> Ended {
+    /// Copies the frames after `written` into one buffer; returns the buffer
+    /// and the last sequence number in it.
+    fn pending_after(&self, written: u64) -> (Vec<u8>, u64) {
+        let mut buffer = Vec::new();
+        let mut last = written;
+        for (seq, bytes) in self.shared.unacked.borrow().iter() {
+            if *seq > written {
+                buffer.extend_from_slice(bytes);
+                last = *seq;
+            }
+        }
+        (buffer, last)
+    }
+
+    async fn serve(&self, stream: UnixStream) -> Ended {
         let (mut reader, mut writer) = stream.into_split();
         let mut lines = LineBuffer::new(MAX_SERVER_FRAME);
         let mut chunk = vec![0u8; 8 * 1024];
@@ -162,8 +162,11 @@ impl Session {
             return Ended::Disconnected;
         }
         let welcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut reader, &mut lines, &mut chunk)).await;
-        match welcome {
-            Ok(Some(ServerFrame::Welcome(welcome))) => self.acknowledge(welcome.acked_seq),
+        let mut written = match welcome {
+            Ok(Some(ServerFrame::Welcome(welcome))) => {
+                self.acknowledge(welcome.acked_seq);
+                welcome.acked_seq
+            }
             Ok(Some(ServerFrame::Reject(reason))) => {
                 crate::shim_log!(self.job_id, "the server rejected this shim: {reason}");
                 let _ = self.commands.send(Command::Rejected);
@@ -178,17 +181,10 @@ impl Session {
                 crate::shim_log!(self.job_id, "the server sent no WELCOME within {} s", HANDSHAKE_TIMEOUT.as_secs());
                 return Ended::Disconnected;
             }
-        }
+        };
 
-        // Replay what the server has not acknowledged, in order.
-        let mut replay = Vec::new();
-        for (_, bytes) in &self.unacked {
-            replay.extend_from_slice(bytes);
-        }
-        if !replay.is_empty() && writer.write_all(&replay).await.is_err() {
-            return Ended::Disconnected;
-        }
-
+        // Writes run on their own task so reading acknowledgements and
+        // commands never waits for a slow server to take our frames.
         let (write_tx, mut write_rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let writer_task = tokio::task::spawn_local(async move {
             while let Some(bytes) = write_rx.recv().await {
@@ -199,17 +195,16 @@ impl Session {
         });
 
         let ended = loop {
+            // Replay and new frames alike: everything after what was written.
+            let (buffer, last) = self.pending_after(written);
+            if !buffer.is_empty() {
+                if write_tx.send(buffer).is_err() {
+                    break Ended::Disconnected;
+                }
+                written = last;
+            }
             tokio::select! {
-                frame = self.frames.recv() => match frame {
-                    Some(frame) => {
-                        let bytes = frame.1.clone();
-                        self.queue(frame);
-                        if write_tx.send(bytes).is_err() {
-                            break Ended::Disconnected;
-                        }
-                    }
-                    None => break Ended::Finished,
-                },
+                _ = self.shared.new_frames.notified() => {}
                 frame = read_frame(&mut reader, &mut lines, &mut chunk) => match frame {
                     Some(ServerFrame::Ack(seq)) => self.acknowledge(seq),
                     Some(ServerFrame::Kill(reason)) => { let _ = self.commands.send(Command::Kill(reason)); }

@@ -5,7 +5,7 @@
 use crate::connections::{self, ConnectionLimits, Item, JobListener, Registry, Stream};
 use crate::process::{self, Ended};
 use crate::session::{self, Command};
-use burro_protocol::control::{ExitReport, Hello, ShimFrame, ShimSpec, TransportSpec, CONTROL_VERSION};
+use burro_protocol::control::{exit_record_name, ExitRecordHeader, ExitReport, Hello, ShimFrame, ShimSpec, TransportSpec, CONTROL_VERSION};
 use burro_protocol::Payload;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -149,7 +149,7 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
             item = items_rx.recv(), if accepting_items => {
                 if let Some(item) = item {
                     let seq = next_seq();
-                    let _ = handle.frames.send((seq, encode_item(seq, item)));
+                    handle.send(seq, encode_item(seq, item));
                 }
             }
             command = handle.commands.recv() => match command {
@@ -220,7 +220,7 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
                 let _ = stop_tx.send(true);
                 while let Ok(item) = items_rx.try_recv() {
                     let seq = next_seq();
-                    let _ = handle.frames.send((seq, encode_item(seq, item)));
+                    handle.send(seq, encode_item(seq, item));
                 }
                 process::reap(&mut child);
                 let mut report = ExitReport {
@@ -230,7 +230,7 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
                 };
                 process::describe_end(ended, &mut report);
                 let seq = next_seq();
-                let _ = handle.frames.send((seq, ShimFrame::Exit { seq, report }.encode()));
+                handle.send(seq, ShimFrame::Exit { seq, report }.encode());
                 // Descendants got SIGTERM when the leader exited; the rest
                 // get SIGKILL after the grace period.
                 termination = Some(Termination {
@@ -256,7 +256,7 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
             // server that is still working through a backlog is waited for.
             let quiet_since = since.max(handle.shared.last_contact.get());
             if quiet_since.elapsed() > Duration::from_millis(spec.linger_ms) {
-                crate::shim_log!(job_id, "the server did not confirm the exit within {} ms; leaving", spec.linger_ms);
+                leave_exit_record(&spec, &job_id, &handle.shared);
                 break;
             }
         }
@@ -288,9 +288,53 @@ async fn fail_before_start(spec: &ShimSpec, job_id: &Rc<str>, address: String, r
         elapsed_ms: started_at.elapsed().as_millis() as u64,
         ..Default::default()
     };
-    let _ = handle.frames.send((1, ShimFrame::Exit { seq: 1, report }.encode()));
-    wait_for_bye(&mut handle, Duration::from_millis(spec.linger_ms)).await;
+    handle.send(1, ShimFrame::Exit { seq: 1, report }.encode());
+    if !wait_for_bye(&mut handle, Duration::from_millis(spec.linger_ms)).await {
+        leave_exit_record(spec, job_id, &handle.shared);
+    }
     Ok(())
+}
+
+/// Writes the unacknowledged frames, the exit frame among them, to an exit
+/// record that the server applies at its next start. The file appears
+/// atomically: it is written under a temporary name, synced, then renamed.
+fn write_exit_record(spec: &ShimSpec, shared: &session::Shared) -> Result<std::path::PathBuf, String> {
+    use std::io::Write;
+    let dir = spec.exit_dir.as_deref().ok_or("the server gave no exit_dir")?;
+    let dir = std::path::Path::new(dir);
+    let header = ExitRecordHeader {
+        version: CONTROL_VERSION,
+        job_id: spec.job_id.clone(),
+        token: spec.token.clone(),
+        attempt: spec.attempt,
+    };
+    let mut contents = serde_json::to_vec(&header).map_err(|err| err.to_string())?;
+    contents.push(b'\n');
+    for (_, frame) in shared.unacked.borrow().iter() {
+        contents.extend_from_slice(frame);
+    }
+    let final_path = dir.join(exit_record_name(&spec.job_id));
+    let temporary = dir.join(format!("{}.tmp.{}", exit_record_name(&spec.job_id), std::process::id()));
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(&contents)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &final_path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|err| {
+        let _ = std::fs::remove_file(&temporary);
+        format!("writing the exit record {} failed: {err}", final_path.display())
+    })?;
+    Ok(final_path)
+}
+
+fn leave_exit_record(spec: &ShimSpec, job_id: &str, shared: &session::Shared) {
+    match write_exit_record(spec, shared) {
+        Ok(path) => crate::shim_log!(job_id, "the server did not return within {} ms; wrote the exit record {}", spec.linger_ms, path.display()),
+        Err(err) => crate::shim_log!(job_id, "the server did not return within {} ms and {err}; the job's last messages are lost", spec.linger_ms),
+    }
 }
 
 fn encode_item(seq: u64, item: Item) -> Vec<u8> {
@@ -459,15 +503,20 @@ async fn begin_drain(
     }
 }
 
-async fn wait_for_bye(handle: &mut session::SessionHandle, linger: Duration) {
-    let deadline = Instant::now() + linger;
+/// Waits for `BYE`; returns false when the linger time ran out first.
+async fn wait_for_bye(handle: &mut session::SessionHandle, linger: Duration) -> bool {
     loop {
+        // The linger counts from the server's last acknowledgement.
+        let deadline = handle.shared.last_contact.get() + linger;
+        if deadline <= Instant::now() {
+            return false;
+        }
         tokio::select! {
             command = handle.commands.recv() => match command {
-                Some(Command::Bye) | Some(Command::Rejected) | None => return,
+                Some(Command::Bye) | Some(Command::Rejected) | None => return true,
                 Some(_) => {}
             },
-            _ = sleep_until(deadline) => return,
+            _ = sleep_until(deadline) => {}
         }
     }
 }

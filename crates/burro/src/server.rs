@@ -202,6 +202,7 @@ impl AppServer {
         });
         tracing::info!(addr = %local_addr, "burro is listening");
         Ok(RunningServer {
+            drain_timeout: self.config.server.drain_timeout,
             local_addr,
             core: self.core,
             shutdown,
@@ -214,6 +215,7 @@ impl AppServer {
 
 /// A started server.
 pub struct RunningServer {
+    drain_timeout: std::time::Duration,
     local_addr: SocketAddr,
     core: Core,
     shutdown: CancellationToken,
@@ -238,12 +240,15 @@ impl RunningServer {
         &self.core
     }
 
-    /// Stops claiming jobs, flushes coalesced writes and stops serving HTTP.
-    /// External jobs keep running under their shims.
+    /// Stops claiming jobs, lets in-process jobs finish (up to
+    /// `[server] drain_timeout`), flushes coalesced writes and stops serving
+    /// HTTP. External jobs keep running under their shims.
     pub async fn shutdown(self) {
-        self.core.jobs.stop().await;
+        self.core.jobs.stop(self.drain_timeout).await;
         self.shutdown.cancel();
-        let _ = self.serve.await;
+        // Graceful shutdown waits for open connections, and SSE streams stay
+        // open, so the wait is bounded.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.serve).await;
         self.store.close().await;
     }
 }

@@ -28,6 +28,7 @@ pub const DEFAULT_TCP_PORT_RANGE: [u16; 2] = [49152, 65535];
 pub const DEFAULT_SHIM_LINGER: Duration = Duration::from_secs(600);
 pub const DEFAULT_MAX_LOG_LINE: usize = 64 * 1024;
 pub const DEFAULT_BODY_LIMIT: usize = 10 * 1024 * 1024;
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -54,6 +55,10 @@ pub struct ServerConfig {
     pub shim_path: Option<PathBuf>,
     /// Largest accepted request body, in bytes. Default 10 MiB.
     pub body_limit: usize,
+    /// On SIGTERM or SIGINT, how long in-process jobs may run to completion
+    /// before the server exits anyway. External jobs keep running. Default 30 s.
+    #[serde(with = "serde_duration")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +69,7 @@ impl Default for ServerConfig {
             database_url: None,
             shim_path: None,
             body_limit: DEFAULT_BODY_LIMIT,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
@@ -189,6 +195,10 @@ pub struct ExternalConfig {
     /// Longest stdout or stderr line kept whole, in bytes; longer lines are
     /// split. Default 64 KiB.
     pub max_log_line: usize,
+    /// How long a restarted server waits for the shims of jobs that were
+    /// running to reconnect; default: twice each job's heartbeat timeout.
+    #[serde(default, with = "serde_duration_option")]
+    pub reconnect_window: Option<Duration>,
     /// How long a shim whose job has exited waits for an absent server.
     /// Default 10 m.
     #[serde(with = "serde_duration")]
@@ -210,6 +220,7 @@ impl Default for ExternalConfig {
             message_fd: true,
             max_log_line: DEFAULT_MAX_LOG_LINE,
             shim_linger: DEFAULT_SHIM_LINGER,
+            reconnect_window: None,
         }
     }
 }

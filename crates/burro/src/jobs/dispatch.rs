@@ -95,6 +95,7 @@ async fn execute(shared: Arc<Shared>, job: Job, permit: OwnedSemaphorePermit) {
         job.id.clone(),
         RunningEntry {
             attempt: job.attempts,
+            external: job.external,
             token: token.clone(),
             cancel_requested: cancelled_early,
         },
@@ -195,10 +196,51 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// Ends an attempt that was running when the server last stopped.
-// NOTE: shims of interrupted external jobs are not reconnected yet; such a
-// job is treated as lost and its shim, rejected at its next connection,
-// terminates the job.
+/// Supervises an external attempt that was running when the server last
+/// stopped, until it ends, and records its end.
+pub(crate) async fn recover_external(shared: Arc<Shared>, job: Job, adoption: crate::supervisor::Adoption) {
+    // A recovered job holds a slot like any running job. When more jobs were
+    // running than there are slots now, the extra ones run without one.
+    let permit = shared.slots.clone().try_acquire_owned().ok();
+    shared.running.lock().expect("running lock").insert(
+        job.id.clone(),
+        RunningEntry {
+            attempt: job.attempts,
+            external: true,
+            token: CancellationToken::new(),
+            cancel_requested: false,
+        },
+    );
+    let summary = shared.supervisor.recover(adoption, &job).await;
+    if summary.lost.is_some() {
+        shared.events.emit("job.lost", json!({"jobId": job.id, "name": job.name, "attempt": job.attempts})).await;
+    }
+    shared.running.lock().expect("running lock").remove(&job.id);
+    finish(&shared, &job, external_outcome(&summary)).await;
+    shared.supervisor.release(&job.id);
+    drop(permit);
+    shared.wake.notify_one();
+}
+
+/// Returns the registration of an external job, or the defaults when its
+/// name is no longer registered.
+pub(crate) fn external_of(shared: &Shared, job: &Job) -> super::service::ExternalJob {
+    let registry = shared.registry.read().expect("registry lock");
+    match registry.get(&job.name) {
+        Some(Registration::External(spec)) => (**spec).clone(),
+        _ => {
+            let defaults = shared.supervisor.settings();
+            super::service::ExternalJob {
+                name: job.name.clone(),
+                config: Default::default(),
+                heartbeat_timeout: defaults.default_heartbeat_timeout,
+                kill_grace: defaults.kill_grace,
+            }
+        }
+    }
+}
+
+/// Ends an in-process attempt that was running when the server last stopped.
 pub(crate) async fn recover_lost(shared: &Arc<Shared>, job: Job) {
     tracing::warn!(job_id = %job.id, job_name = %job.name, attempt = job.attempts, "job lost: it was running when the server stopped");
     shared.events.emit("job.lost", json!({"jobId": job.id, "name": job.name, "attempt": job.attempts})).await;

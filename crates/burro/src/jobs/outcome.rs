@@ -46,6 +46,8 @@ pub struct ExitSummary {
     /// Size of a message line that exceeded the limit.
     pub oversize: Option<usize>,
     pub timeout_ms: Option<u64>,
+    /// Set when the attempt is lost: why, as the job's error.
+    pub lost: Option<String>,
 }
 
 /// The end of an attempt.
@@ -76,6 +78,9 @@ pub fn external_outcome(summary: &ExitSummary) -> Outcome {
         None => {}
     }
     let failed = |error: String| Outcome::Failed { error, stack: None };
+    if let Some(reason) = &summary.lost {
+        return failed(reason.clone());
+    }
     let Some(report) = &summary.report else {
         return failed("job lost: its shim exited without reporting the job's exit".into());
     };

@@ -93,6 +93,7 @@ pub enum JobsError {
 
 pub(crate) struct RunningEntry {
     pub attempt: u32,
+    pub external: bool,
     pub token: CancellationToken,
     pub cancel_requested: bool,
 }
@@ -345,8 +346,10 @@ impl Jobs {
         }
     }
 
-    /// Ends the attempts that were running on this node when the server last
-    /// stopped: each emits `job.lost` and is retried or failed per attempts.
+    /// Takes over the jobs that were running on this node when the server
+    /// last stopped. External jobs wait for their shims to reconnect (or for
+    /// their exit records); in-process jobs cannot survive a stop, so each
+    /// emits `job.lost` and is retried or failed according to its attempts.
     pub(crate) async fn recover_interrupted(&self) {
         let jobs = match self.shared.store.jobs_running(&self.shared.settings.node_id).await {
             Ok(jobs) => jobs,
@@ -355,9 +358,28 @@ impl Jobs {
                 return;
             }
         };
-        for job in jobs {
-            super::dispatch::recover_lost(&self.shared, job).await;
+        let external: std::collections::HashSet<String> = jobs.iter().filter(|job| job.external).map(|job| job.id.clone()).collect();
+        self.shared.supervisor.remove_stale_files(&external);
+        if !jobs.is_empty() {
+            tracing::info!(external = external.len(), in_process = jobs.len() - external.len(), "taking over the jobs that were running at the last stop");
         }
+        for job in jobs {
+            if job.external && job.shim_token.is_none() {
+                // The server stopped between the claim and the shim's start:
+                // no process ever ran, so the attempt is given back.
+                match self.shared.store.job_requeue(&job.id, job.attempts).await {
+                    Ok(_) => tracing::info!(job_id = %job.id, job_name = %job.name, "requeued a job whose shim was never started"),
+                    Err(err) => tracing::error!(job_id = %job.id, error = %err, "requeueing a job whose shim was never started failed"),
+                }
+            } else if job.external {
+                let external = super::dispatch::external_of(&self.shared, &job);
+                let adoption = self.shared.supervisor.adopt(&job, &external);
+                tokio::spawn(super::dispatch::recover_external(self.shared.clone(), job, adoption));
+            } else {
+                super::dispatch::recover_lost(&self.shared, job).await;
+            }
+        }
+        self.shared.supervisor.start_accepting();
     }
 
     /// Starts the dispatcher and the coalesced-write flusher.
@@ -366,9 +388,23 @@ impl Jobs {
         tokio::spawn(super::dispatch::flusher(self.shared.clone()));
     }
 
-    /// Stops claiming new jobs and flushes coalesced writes.
-    pub(crate) async fn stop(&self) {
+    /// Stops claiming new jobs, waits up to `drain_timeout` for in-process
+    /// jobs to finish, and flushes coalesced writes. External jobs keep
+    /// running under their shims and are taken over at the next start.
+    pub(crate) async fn stop(&self, drain_timeout: Duration) {
         self.shared.shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        loop {
+            let in_process = self.shared.running.lock().expect("running lock").values().filter(|entry| !entry.external).count();
+            if in_process == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(in_process, "in-process jobs still running after the drain timeout; they are lost and retried at the next start");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         self.shared.live.flush(self.shared.store.as_ref()).await;
     }
 

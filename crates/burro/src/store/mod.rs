@@ -51,6 +51,11 @@ pub trait Store: Send + Sync + 'static {
     /// `running` in the same attempt; returns false otherwise.
     async fn job_finish(&self, finish: &JobFinish) -> Result<bool, StoreError>;
 
+    /// Puts a claimed job whose attempt never started back to `pending` and
+    /// takes back the attempt. Applies only while it is `running` in that
+    /// attempt; returns false otherwise.
+    async fn job_requeue(&self, id: &str, attempt: u32) -> Result<bool, StoreError>;
+
     /// Cancels a `pending` or `scheduled` job.
     async fn job_cancel_waiting(&self, id: &str, now_ms: i64) -> Result<CancelWaiting, StoreError>;
 

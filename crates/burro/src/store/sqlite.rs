@@ -251,6 +251,19 @@ impl Store for SqliteStore {
         Ok(outcome.rows_affected() == 1)
     }
 
+    async fn job_requeue(&self, id: &str, attempt: u32) -> Result<bool, StoreError> {
+        let outcome = sqlx::query(
+            "UPDATE jobs SET status = 'pending', attempts = attempts - 1, started_at = NULL, node_id = NULL, \
+                 process_state = NULL, pid = NULL, shim_token = NULL \
+             WHERE id = ? AND attempts = ? AND status = 'running'",
+        )
+        .bind(id)
+        .bind(i64::from(attempt))
+        .execute(&self.writer)
+        .await?;
+        Ok(outcome.rows_affected() == 1)
+    }
+
     async fn job_cancel_waiting(&self, id: &str, now_ms: i64) -> Result<CancelWaiting, StoreError> {
         let sql = format!(
             "UPDATE jobs SET status = 'cancelled', completed_at = ? \

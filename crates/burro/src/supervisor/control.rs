@@ -97,8 +97,17 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
     };
 
     let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-    run.attach(session, tx.clone());
+    let reconnected = run.attach(session, tx.clone());
     run.on_hello(&inner, &hello).await;
+    if reconnected {
+        tracing::info!(job_id = %run.job_id, job_name = %run.name, shim_pid = hello.shim_pid, "job reconnected after a server restart");
+        run.note("info", "the server restarted; the job's shim reconnected".into());
+        inner.live.process_state(&run.job_id, crate::store::ProcessState::Running);
+        inner
+            .events
+            .emit("job.reconnected", serde_json::json!({"jobId": run.job_id, "name": run.name, "attempt": run.attempt}))
+            .await;
+    }
     tracing::debug!(job_id = %run.job_id, shim_pid = hello.shim_pid, pid = ?hello.child_pid, "shim connected");
 
     loop {
@@ -124,7 +133,7 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
         if processed_any {
             // Log lines become readable through the API once acknowledged.
             run.flush_log();
-            let _ = tx.send(ServerFrame::Ack(run.processed_seq()).encode());
+            let _ = tx.send(ServerFrame::Ack(run.ackable_seq()).encode());
         }
         match reader.read(&mut chunk).await {
             Ok(0) | Err(_) => break,

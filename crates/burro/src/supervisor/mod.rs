@@ -4,6 +4,7 @@
 
 mod control;
 mod monitor;
+mod recover;
 mod run;
 mod socket_dir;
 mod spec;
@@ -43,6 +44,9 @@ pub struct SupervisorSettings {
     pub shim_path: PathBuf,
     /// Directory of the shims' own diagnostic logs.
     pub shim_log_dir: PathBuf,
+    /// Directory where shims leave exit records for an absent server.
+    pub exit_dir: PathBuf,
+    pub reconnect_window: Option<Duration>,
 }
 
 impl SupervisorSettings {
@@ -64,6 +68,8 @@ impl SupervisorSettings {
             shim_linger: external.shim_linger,
             shim_path: config.server.shim_path.clone().unwrap_or_else(default_shim_path),
             shim_log_dir: config.server.data_dir.join("shims"),
+            exit_dir: config.server.data_dir.join("exits"),
+            reconnect_window: external.reconnect_window,
         }
     }
 
@@ -88,6 +94,8 @@ pub fn default_shim_path() -> PathBuf {
     }
 }
 
+pub use recover::Adoption;
+
 pub(crate) struct Inner {
     pub settings: SupervisorSettings,
     pub events: Events,
@@ -95,6 +103,8 @@ pub(crate) struct Inner {
     pub logs: JobLogs,
     pub store: Arc<dyn Store>,
     pub runs: Mutex<HashMap<String, Arc<Run>>>,
+    /// The bound control socket until [`Supervisor::start_accepting`].
+    listener: Mutex<Option<tokio::net::UnixListener>>,
 }
 
 /// Handle to the supervisor; cheap to clone.
@@ -105,7 +115,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Checks the socket directory, binds the control socket and starts the
-    /// heartbeat monitor.
+    /// heartbeat monitor. Shims are accepted after [`Supervisor::start_accepting`].
     ///
     /// # Errors
     ///
@@ -115,8 +125,9 @@ impl Supervisor {
     pub async fn start(settings: SupervisorSettings, events: Events, live: Live, logs: JobLogs, store: Arc<dyn Store>) -> Result<Self, String> {
         prepare_socket_dir(&settings.socket_dir)?;
         check_socket_path_length(&settings.socket_dir)?;
-        std::fs::create_dir_all(&settings.shim_log_dir)
-            .map_err(|e| format!("creating the shim log directory {} failed: {e}", settings.shim_log_dir.display()))?;
+        for dir in [&settings.shim_log_dir, &settings.exit_dir] {
+            std::fs::create_dir_all(dir).map_err(|e| format!("creating the directory {} failed: {e}", dir.display()))?;
+        }
         let listener = control::bind(&settings.control_socket()).await?;
         let inner = Arc::new(Inner {
             settings,
@@ -125,10 +136,18 @@ impl Supervisor {
             logs,
             store,
             runs: Mutex::new(HashMap::new()),
+            listener: Mutex::new(Some(listener)),
         });
-        tokio::spawn(control::accept_loop(inner.clone(), listener));
         tokio::spawn(monitor::heartbeat_monitor(Arc::downgrade(&inner)));
         Ok(Supervisor { inner })
+    }
+
+    /// Starts accepting shim connections. Shims that connect earlier wait in
+    /// the listen backlog.
+    pub fn start_accepting(&self) {
+        if let Some(listener) = self.inner.listener.lock().expect("listener lock").take() {
+            tokio::spawn(control::accept_loop(self.inner.clone(), listener));
+        }
     }
 
     /// Returns the settings.
@@ -237,6 +256,11 @@ impl Supervisor {
         if let Some(run) = run {
             run.send(ServerFrame::Bye);
             run.flush_log();
+            if let Some(path) = run.take_exit_record() {
+                if let Err(err) = std::fs::remove_file(&path) {
+                    tracing::warn!(job_id = %job_id, path = %path.display(), error = %err, "removing an applied exit record failed");
+                }
+            }
         }
     }
 

@@ -35,6 +35,14 @@ struct State {
     /// A KILL to send as soon as the shim is connected.
     kill_pending: Option<String>,
     log: LogWriter,
+    /// True for a run taken over after a server restart, until its shim
+    /// reconnects.
+    awaiting_reconnect: bool,
+    ever_attached: bool,
+    /// Sequence number of the first processed frame that decides the end.
+    first_decisive_seq: Option<u64>,
+    /// The exit record this run was finished from, removed on release.
+    exit_record: Option<std::path::PathBuf>,
 }
 
 pub(crate) struct Run {
@@ -79,6 +87,10 @@ impl Run {
                 shim_exited: false,
                 kill_pending: None,
                 log,
+                awaiting_reconnect: false,
+                ever_attached: false,
+                first_decisive_seq: None,
+                exit_record: None,
             }),
         }
     }
@@ -168,10 +180,49 @@ impl Run {
         Liveness::Healthy
     }
 
-    /// Attaches a control session and returns the last processed sequence
-    /// number. The heartbeat clock restarts here, so a reconnect never kills
-    /// a healthy job.
-    pub fn attach(&self, session: u64, tx: mpsc::UnboundedSender<Vec<u8>>) {
+    /// Marks a run taken over after a restart: its shim's first connection
+    /// emits `job.reconnected`.
+    pub fn expect_reconnect(&self) {
+        self.lock().awaiting_reconnect = true;
+    }
+
+    /// Returns true when a shim has connected for this run.
+    pub fn ever_attached(&self) -> bool {
+        self.lock().ever_attached
+    }
+
+    /// Records the exit record applied to this run.
+    pub fn set_exit_record(&self, path: std::path::PathBuf) {
+        self.lock().exit_record = Some(path);
+    }
+
+    /// Takes the exit record path, for removal once the end is stored.
+    pub fn take_exit_record(&self) -> Option<std::path::PathBuf> {
+        self.lock().exit_record.take()
+    }
+
+    /// Appends a line of the server's own to the job log.
+    pub fn note(&self, level: &str, message: String) {
+        let entry = self.entry("log", level, message);
+        let mut state = self.lock();
+        state.log.append(&entry);
+        state.log.flush();
+    }
+
+    /// Hands over the end of a run whose shim never came back.
+    pub fn deliver_lost_reason(&self, reason: String) {
+        let mut state = self.lock();
+        if let Some(tx) = state.exit_tx.take() {
+            state.summary.lost = Some(reason);
+            state.log.flush();
+            let _ = tx.send(state.summary.clone());
+        }
+    }
+
+    /// Attaches a control session. The heartbeat clock restarts here, so a
+    /// reconnect never kills a healthy job. Returns true when this is the
+    /// first connection after a server restart.
+    pub fn attach(&self, session: u64, tx: mpsc::UnboundedSender<Vec<u8>>) -> bool {
         let mut state = self.lock();
         state.last_seen = Instant::now();
         state.stale = false;
@@ -185,6 +236,8 @@ impl Run {
             let _ = tx.send(ServerFrame::Kill(reason).encode());
         }
         state.control = Some((session, tx));
+        state.ever_attached = true;
+        std::mem::take(&mut state.awaiting_reconnect)
     }
 
     /// Detaches a control session that ended.
@@ -221,9 +274,26 @@ impl Run {
         seq <= self.lock().processed_seq
     }
 
-    /// Returns the last processed sequence number.
-    pub fn processed_seq(&self) -> u64 {
-        self.lock().processed_seq
+    /// Returns the highest sequence number that may be acknowledged. Frames
+    /// that decide the job's end (the terminal message, an oversize line,
+    /// the exit) only change memory until that end is stored, so they and
+    /// everything after them stay unacknowledged. `BYE` confirms them
+    /// instead, and a server killed in between has them replayed to its
+    /// successor.
+    // NOTE: which connections announced protocol 2 is not replayed in this
+    // way, so after a restart a cancel reaches such a job as SIGTERM.
+    pub fn ackable_seq(&self) -> u64 {
+        let state = self.lock();
+        match state.first_decisive_seq {
+            Some(decisive) => state.processed_seq.min(decisive - 1),
+            None => state.processed_seq,
+        }
+    }
+
+    fn mark_decisive(state: &mut State, seq: u64) {
+        if state.first_decisive_seq.is_none() {
+            state.first_decisive_seq = Some(seq);
+        }
     }
 
     /// Applies the handshake: records the job's pid.
@@ -253,6 +323,7 @@ impl Run {
             ShimFrame::Oversize { conn, len, .. } => {
                 tracing::error!(job_id = %self.job_id, job_name = %self.name, conn, bytes = len, "closed a job connection: message line over max_message_bytes");
                 let mut state = self.lock();
+                Self::mark_decisive(&mut state, seq);
                 state.summary.oversize = Some(len);
                 let what = if conn == 0 { "the rest of that line on the message pipe was skipped" } else { "its connection was closed" };
                 let entry = self.entry("log", "error", format!("message over the size limit ({len} bytes); {what}"));
@@ -261,6 +332,7 @@ impl Run {
             ShimFrame::Exit { report, .. } => {
                 tracing::debug!(job_id = %self.job_id, exit_code = ?report.code, signal = ?report.signal, elapsed_ms = report.elapsed_ms, "job process exited");
                 let mut state = self.lock();
+                Self::mark_decisive(&mut state, seq);
                 state.summary.report = Some(report);
                 state.log.flush();
                 let summary = state.summary.clone();
@@ -360,17 +432,18 @@ impl Run {
                     )
                     .await;
             }
-            JobMessage::Completed { result } => self.record_terminal(Terminal::Completed(result)),
-            JobMessage::Failed { error, stack } => self.record_terminal(Terminal::Failed { error, stack }),
+            JobMessage::Completed { result } => self.record_terminal(seq, Terminal::Completed(result)),
+            JobMessage::Failed { error, stack } => self.record_terminal(seq, Terminal::Failed { error, stack }),
             JobMessage::Unknown { kind } => {
                 tracing::info!(job_id = %id, kind = %kind, "ignored a message of unknown type");
             }
         }
     }
 
-    fn record_terminal(self: &Arc<Self>, terminal: Terminal) {
+    fn record_terminal(self: &Arc<Self>, seq: u64, terminal: Terminal) {
         {
             let mut state = self.lock();
+            Self::mark_decisive(&mut state, seq);
             state.summary.terminal_after_cancel = state.summary.cancel_requested;
             state.summary.terminal = Some(terminal);
         }

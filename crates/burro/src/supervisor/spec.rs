@@ -66,6 +66,7 @@ pub fn shim_spec(settings: &SupervisorSettings, job: &Job, external: &ExternalJo
         message_fd: settings.message_fd,
         max_log_line: settings.max_log_line,
         linger_ms: settings.shim_linger.as_millis() as u64,
+        exit_dir: Some(settings.exit_dir.display().to_string()),
     }
 }
 
