@@ -32,7 +32,7 @@ fn read_data(request: &EnqueueRequest) -> anyhow::Result<Value> {
         }
         (None, None) => return Ok(Value::Null),
     };
-    serde_json::from_str(&text).map_err(|e| anyhow!("invalid JSON in {source}: {e}"))
+    serde_json::from_str(&text).map_err(|e| anyhow!("invalid JSON in {source}: {e}; a string must be quoted, for example --data '\"hello\"'"))
 }
 
 /// `burro enqueue`.

@@ -61,9 +61,14 @@ pub async fn demo(config: Option<PathBuf>, keep_running: bool) -> anyhow::Result
         }));
     }
 
-    let mut all_completed = true;
+    let mut endings = Vec::new();
     for watcher in watchers {
-        let (name, id, ending) = watcher.await.context("a demo watcher stopped")?;
+        endings.push(watcher.await.context("a demo watcher stopped")?);
+    }
+    // Results are printed once the bars are gone, so no redraw erases them.
+    let _ = bars.clear();
+    let mut all_completed = true;
+    for (name, id, ending) in endings {
         match ending {
             Ok(ending) => {
                 all_completed &= ending.status == "completed";
@@ -76,11 +81,13 @@ pub async fn demo(config: Option<PathBuf>, keep_running: bool) -> anyhow::Result
         }
     }
     println!();
-    println!("Every state is stored in the SQLite file under the data directory; try `burro list --server {url}`.");
+    println!("Every state is stored in the SQLite file under the data directory.");
 
     if keep_running {
-        println!("Serving until Ctrl-C.");
+        println!("Serving until Ctrl-C; try `burro list --server {url}`.");
         wait_for_signal().await?;
+    } else {
+        println!("The demo server has stopped; run `burro demo --keep-running` to keep it up.");
     }
     running.shutdown().await;
     Ok(if all_completed { ExitCode::SUCCESS } else { ExitCode::from(crate::EXIT_JOB_FAILED) })

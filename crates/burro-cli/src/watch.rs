@@ -76,6 +76,9 @@ pub async fn watch(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
         Ok(ending) => {
             bar.finish_and_clear();
             println!("job {id} {}", ending.describe());
+            if ending.status != "completed" {
+                println!("its log: burro logs {id}");
+            }
             Ok(ending.exit_code())
         }
         Err(err) => {

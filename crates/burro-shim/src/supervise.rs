@@ -99,7 +99,7 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
         Ok(child) => child,
         Err(err) => {
             remove_socket(&socket_file);
-            let reason = format!("starting {:?} failed: {err}", spec.command);
+            let reason = spawn_failure(&spec, &err);
             return fail_before_start(&spec, &job_id, address, reason, started_at).await;
         }
     };
@@ -264,6 +264,23 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
 
     remove_socket(&socket_file);
     Ok(())
+}
+
+/// Explains why the job's command could not be started, with the fix.
+fn spawn_failure(spec: &ShimSpec, err: &std::io::Error) -> String {
+    let command = &spec.command;
+    let cwd = spec.cwd.as_deref().unwrap_or("the server's working directory");
+    let hint = match err.kind() {
+        std::io::ErrorKind::NotFound if !command.contains('/') => {
+            format!("no program {command:?} on PATH; give a path such as \"./{command}\" (relative to the configuration file) or install it")
+        }
+        std::io::ErrorKind::NotFound => format!("check that {command:?} and the working directory {cwd:?} exist"),
+        std::io::ErrorKind::PermissionDenied => {
+            format!("make it executable (chmod +x {command}) or run it through its interpreter, such as command = \"bash\" with args = [{command:?}]")
+        }
+        _ => String::from("check the job's command, args and cwd"),
+    };
+    format!("starting {command:?} failed: {err}; {hint}")
 }
 
 fn hello_for(spec: &ShimSpec, address: String) -> Hello {

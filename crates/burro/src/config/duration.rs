@@ -1,6 +1,6 @@
 //! Durations written as strings such as `"500ms"`, `"30s"`, `"5m"`.
 
-use serde::{Deserialize, Deserializer, Serializer};
+use serde::{Deserializer, Serializer};
 use std::time::Duration;
 
 /// Parses `500ms`, `30s`, `5m`, `2h` or `1d`.
@@ -44,13 +44,39 @@ pub fn format_duration(duration: Duration) -> String {
     format!("{millis}ms")
 }
 
+/// Accepts a duration string and explains the form when given a number.
+struct DurationVisitor;
+
+impl serde::de::Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a duration string such as \"30s\" or \"500ms\"")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+        parse_duration(text).map_err(E::custom)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, number: i64) -> Result<Duration, E> {
+        Err(E::custom(format!("invalid duration {number}: write it as a string with a unit, such as \"{number}s\" or \"{number}ms\"")))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, number: u64) -> Result<Duration, E> {
+        self.visit_i64(number as i64)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, number: f64) -> Result<Duration, E> {
+        Err(E::custom(format!("invalid duration {number}: write it as a string with a unit, such as \"{number}s\"")))
+    }
+}
+
 /// Serde support for `Duration` fields written as strings.
 pub mod serde_duration {
     use super::*;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        parse_duration(&text).map_err(serde::de::Error::custom)
+        deserializer.deserialize_any(DurationVisitor)
     }
 
     pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -63,8 +89,8 @@ pub mod serde_duration_option {
     use super::*;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
-        let text = Option::<String>::deserialize(deserializer)?;
-        text.map(|t| parse_duration(&t).map_err(serde::de::Error::custom)).transpose()
+        // TOML has no null, so a present key always holds a value.
+        deserializer.deserialize_any(DurationVisitor).map(Some)
     }
 
     pub fn serialize<S: Serializer>(duration: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {

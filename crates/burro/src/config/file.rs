@@ -308,7 +308,13 @@ impl Config {
     ///
     /// Returns the parser's message, which names the key and the line.
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|err| err.to_string().trim_end().to_string())
+        toml::from_str(text).map_err(|err| {
+            let mut message = err.to_string().trim_end().to_string();
+            if message.contains("invalid socket address syntax") {
+                message.push_str("\nwrite an IP address and a port, such as \"127.0.0.1:3000\" or \"0.0.0.0:3000\"");
+            }
+            message
+        })
     }
 
     /// Makes relative paths absolute against `base`.
@@ -461,6 +467,14 @@ mod tests {
         assert!(err.contains("concurency"), "{err}");
         let err = Config::parse("[external_jobs.x]\ncommand = \"a\"\ntimout = \"1s\"\n").unwrap_err();
         assert!(err.contains("timout"), "{err}");
+    }
+
+    #[test]
+    fn numbers_and_host_names_get_hints() {
+        let err = Config::parse("[external_jobs.a]\ncommand = \"x\"\ntimeout = 30\n").unwrap_err();
+        assert!(err.contains("\"30s\""), "{err}");
+        let err = Config::parse("[server]\nbind = \"localhost:3000\"\n").unwrap_err();
+        assert!(err.contains("127.0.0.1:3000"), "{err}");
     }
 
     #[test]
