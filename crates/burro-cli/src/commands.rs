@@ -152,6 +152,35 @@ pub async fn cancel(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `burro retry ID`.
+pub async fn retry(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
+    match client.post(&format!("/api/jobs/{id}/retry"), &json!({})).await {
+        Ok(job) => {
+            println!("job {id} is pending again (attempt {} of {})", job["attempts"].as_u64().unwrap_or(0) + 1, job["maxAttempts"]);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => match err.downcast::<ApiFailure>() {
+            Ok(failure) if failure.status.as_u16() == 409 => {
+                eprintln!("{}", failure.message);
+                Ok(ExitCode::from(EXIT_JOB_FAILED))
+            }
+            Ok(failure) => Err(failure.into()),
+            Err(err) => Err(err),
+        },
+    }
+}
+
+/// `burro purge --older-than AGE [--status S]`.
+pub async fn purge(client: &Client, older_than: &str, status: Option<String>) -> anyhow::Result<ExitCode> {
+    let mut body = json!({"olderThan": older_than});
+    if let Some(status) = status {
+        body["status"] = json!(status);
+    }
+    let result = client.post("/api/purge", &body).await?;
+    println!("deleted {} finished jobs", result["deleted"]);
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_entry(entry: &Value) {
     let ts = entry["ts"].as_i64().unwrap_or(0);
     let time = burro::clock::to_rfc3339(ts);

@@ -98,6 +98,17 @@ enum Command {
     Cancel { id: String },
     /// Follow a job's progress until it ends; exits 0 when it completes.
     Watch { id: String },
+    /// Start a new attempt of a failed or cancelled job.
+    Retry { id: String },
+    /// Delete finished jobs and their logs that ended before a given age.
+    Purge {
+        /// Minimum age of the jobs to delete, such as 30d or 12h.
+        #[arg(long)]
+        older_than: String,
+        /// Only jobs with this status: completed, failed or cancelled.
+        #[arg(long)]
+        status: Option<String>,
+    },
     /// Print a job's log.
     Logs {
         id: String,
@@ -151,6 +162,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { id, json } => commands::status(&client, &id, json).await,
         Command::List { status, name, limit, offset, json } => commands::list(&client, status, name, limit, offset, json).await,
         Command::Cancel { id } => commands::cancel(&client, &id).await,
+        Command::Retry { id } => commands::retry(&client, &id).await,
+        Command::Purge { older_than, status } => commands::purge(&client, &older_than, status).await,
         Command::Watch { id } => watch::watch(&client, &id).await,
         Command::Logs { id, follow } => commands::logs(&client, &id, follow).await,
     }

@@ -168,7 +168,10 @@ async fn log_messages(server: &Server, id: &str) -> Vec<String> {
 /// Checks that the numbers 1..=count all arrived, in order, where a number
 /// may repeat (replayed after a crash) but never skip ahead.
 fn assert_numbers_complete(id: &str, messages: &[String], count: u64) {
-    let numbers: Vec<u64> = messages.iter().filter_map(|m| m.parse().ok()).collect();
+    let numbers: Vec<u64> = messages
+        .iter()
+        .filter_map(|m| m.split(' ').next().and_then(|word| word.parse().ok()))
+        .collect();
     let mut highest = 0;
     for number in &numbers {
         assert!(*number <= highest + 1, "job {id}: {number} arrived after {highest}, so a message was lost: {numbers:?}");
@@ -346,4 +349,34 @@ async fn restart_loop_keeps_one_terminal_state_per_job() {
         assert_eq!(job["attempts"], 1, "job {id} ran more than once");
         assert_eq!(job["result"], json!({"count": 30}));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shim_spools_messages_while_server_is_down() {
+    let site = Site::new("");
+    let first = site.serve();
+    // About 2 MB of log lines, most of them sent while no server is up:
+    // more than the shim keeps in memory, so the rest goes to its spool file.
+    let count = 8000;
+    let id = enqueue(&first, json!({"count": count, "delay": 0.0003, "pad": 250})).await;
+    let ids = vec![id.clone()];
+    wait_until("the job runs", async || running_with_progress(&first, &ids).await).await;
+    first.kill9();
+    let exit_dir = site.exit_dir();
+    wait_until("the shim spools frames to a file", async || {
+        std::fs::read_dir(&exit_dir)
+            .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".spool")))
+            .unwrap_or(false)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let second = site.serve();
+    let finished = wait_finished(&second, &ids).await;
+    assert_eq!(finished[&id]["status"], "completed", "{}", finished[&id]);
+    assert_numbers_complete(&id, &log_messages(&second, &id).await, count);
+    wait_until("the spool file is removed", async || {
+        std::fs::read_dir(&exit_dir).map(|entries| entries.count() == 0).unwrap_or(true)
+    })
+    .await;
 }

@@ -11,6 +11,7 @@
 mod connections;
 mod process;
 mod session;
+mod spool;
 mod supervise;
 
 use burro_protocol::control::{ShimSpec, CONTROL_VERSION};

@@ -33,12 +33,17 @@ pub enum Command {
     Rejected,
 }
 
+/// Unacknowledged frames kept in memory; newer ones go to the spool file.
+pub const MEMORY_LIMIT: usize = 512 * 1024;
+
 /// State shared between the session task and the supervisor loop.
 pub struct Shared {
-    /// Frames queued or sent but not yet acknowledged, in sequence order.
+    /// The oldest unacknowledged frames, in sequence order.
     pub unacked: RefCell<VecDeque<(u64, Vec<u8>)>>,
     /// Total size of `unacked`, in bytes.
     pub unacked_bytes: Cell<usize>,
+    /// Newer unacknowledged frames, beyond [`MEMORY_LIMIT`].
+    pub spool: RefCell<Option<crate::spool::Spool>>,
     /// When the server last acknowledged a frame or welcomed the shim.
     pub last_contact: Cell<tokio::time::Instant>,
     new_frames: Notify,
@@ -51,20 +56,91 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
-    /// Queues an encoded frame for delivery.
+    /// Queues an encoded frame for delivery: in memory while there is room
+    /// and nothing is spooled, in the spool file otherwise.
     pub fn send(&self, seq: u64, bytes: Vec<u8>) {
-        self.shared.unacked_bytes.set(self.shared.unacked_bytes.get() + bytes.len());
-        self.shared.unacked.borrow_mut().push_back((seq, bytes));
-        self.shared.new_frames.notify_one();
+        let shared = &self.shared;
+        let mut spool = shared.spool.borrow_mut();
+        let spooling = spool.as_ref().is_some_and(|s| s.pending() > 0);
+        let full = shared.unacked_bytes.get() + bytes.len() > MEMORY_LIMIT && !shared.unacked.borrow().is_empty();
+        if let (true, Some(spool)) = (spooling || full, spool.as_mut()) {
+            match spool.append(&bytes) {
+                Ok(()) => return,
+                Err(err) => eprintln!("burro-shim: writing to the spool file failed: {err}; keeping the frame in memory"),
+            }
+        }
+        drop(spool);
+        shared.unacked_bytes.set(shared.unacked_bytes.get() + bytes.len());
+        shared.unacked.borrow_mut().push_back((seq, bytes));
+        shared.new_frames.notify_one();
     }
 }
 
-/// Starts the session task.
-pub fn start(job_id: Rc<str>, control_path: String, hello: Hello) -> SessionHandle {
+impl Shared {
+    /// Returns the bytes waiting for acknowledgement, in memory and spooled.
+    pub fn pending_bytes(&self) -> u64 {
+        let spooled = self.spool.borrow().as_ref().map_or(0, |s| s.pending());
+        self.unacked_bytes.get() as u64 + spooled
+    }
+
+    /// Moves spooled frames back into memory while there is room.
+    fn refill(&self) {
+        let mut spool = self.spool.borrow_mut();
+        let Some(spool) = spool.as_mut() else { return };
+        let room = MEMORY_LIMIT.saturating_sub(self.unacked_bytes.get());
+        if room == 0 || spool.pending() == 0 {
+            return;
+        }
+        match spool.take(room) {
+            Ok(frames) => {
+                let mut unacked = self.unacked.borrow_mut();
+                for frame in frames {
+                    let seq = frame_seq(&frame);
+                    self.unacked_bytes.set(self.unacked_bytes.get() + frame.len());
+                    unacked.push_back((seq, frame));
+                }
+                if !unacked.is_empty() {
+                    self.new_frames.notify_one();
+                }
+            }
+            Err(err) => eprintln!("burro-shim: reading the spool file failed: {err}"),
+        }
+    }
+
+    /// Returns every unacknowledged frame, spooled ones included, in order.
+    pub fn all_unacked(&self) -> Vec<u8> {
+        let mut contents = Vec::new();
+        for (_, frame) in self.unacked.borrow().iter() {
+            contents.extend_from_slice(frame);
+        }
+        if let Some(spool) = self.spool.borrow_mut().as_mut() {
+            match spool.peek_all() {
+                Ok(spooled) => contents.extend_from_slice(&spooled),
+                Err(err) => eprintln!("burro-shim: reading the spool file failed: {err}"),
+            }
+        }
+        contents
+    }
+}
+
+/// Reads the sequence number of an encoded frame: `KIND SEQ ...`.
+fn frame_seq(frame: &[u8]) -> u64 {
+    frame
+        .split(|&b| b == b' ')
+        .nth(1)
+        .and_then(|word| std::str::from_utf8(word).ok())
+        .and_then(|text| text.trim_end().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Starts the session task. `spool_path` names the file for frames beyond
+/// the memory limit; without it, every frame stays in memory.
+pub fn start(job_id: Rc<str>, control_path: String, hello: Hello, spool_path: Option<std::path::PathBuf>) -> SessionHandle {
     let (commands_tx, commands_rx) = mpsc::unbounded_channel();
     let shared = Rc::new(Shared {
         unacked: RefCell::new(VecDeque::new()),
         unacked_bytes: Cell::new(0),
+        spool: RefCell::new(spool_path.map(crate::spool::Spool::new)),
         last_contact: Cell::new(tokio::time::Instant::now()),
         new_frames: Notify::new(),
     });
@@ -128,13 +204,23 @@ impl Session {
 
     fn acknowledge(&self, acked: u64) {
         self.shared.last_contact.set(tokio::time::Instant::now());
-        let mut unacked = self.shared.unacked.borrow_mut();
-        while let Some((seq, bytes)) = unacked.front() {
-            if *seq > acked {
-                break;
+        loop {
+            {
+                let mut unacked = self.shared.unacked.borrow_mut();
+                while let Some((seq, bytes)) = unacked.front() {
+                    if *seq > acked {
+                        return;
+                    }
+                    self.shared.unacked_bytes.set(self.shared.unacked_bytes.get() - bytes.len());
+                    unacked.pop_front();
+                }
             }
-            self.shared.unacked_bytes.set(self.shared.unacked_bytes.get() - bytes.len());
-            unacked.pop_front();
+            // Memory is empty up to `acked`: bring spooled frames back.
+            let before = self.shared.unacked_bytes.get();
+            self.shared.refill();
+            if self.shared.unacked_bytes.get() == before {
+                return;
+            }
         }
     }
 

@@ -23,8 +23,8 @@ use tokio::time::{sleep_until, Instant};
 /// job.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// The shim stops reading from the job while this many bytes wait for the
-/// server's acknowledgement.
-const MAX_UNACKED_BYTES: usize = 64 * 1024 * 1024;
+/// server's acknowledgement, in memory and in the spool file together.
+const MAX_UNACKED_BYTES: u64 = 1024 * 1024 * 1024;
 /// Capacity of the channel between the job-side tasks and this loop.
 const ITEM_QUEUE: usize = 256;
 /// How often exited descendants are reaped and liveness is polled when no
@@ -105,7 +105,7 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
     };
     let pid = Pid::from_raw(child.id() as i32);
     hello.child_pid = Some(child.id());
-    let mut handle = session::start(job_id.clone(), spec.control_socket.clone(), hello);
+    let mut handle = session::start(job_id.clone(), spec.control_socket.clone(), hello, spool_path(&spec));
 
     let registry = Rc::new(Registry::default());
     let (items_tx, mut items_rx) = mpsc::channel::<Item>(ITEM_QUEUE);
@@ -143,7 +143,7 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
             Some(t) if !t.killed => t.kill_at,
             _ => far_future,
         };
-        let accepting_items = handle.shared.unacked_bytes.get() < MAX_UNACKED_BYTES;
+        let accepting_items = handle.shared.pending_bytes() < MAX_UNACKED_BYTES;
 
         tokio::select! {
             item = items_rx.recv(), if accepting_items => {
@@ -283,6 +283,16 @@ fn spawn_failure(spec: &ShimSpec, err: &std::io::Error) -> String {
     format!("starting {command:?} failed: {err}; {hint}")
 }
 
+/// Returns the spool file of this attempt, beside the exit records.
+fn spool_path(spec: &ShimSpec) -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(spec.exit_dir.as_deref()?);
+    if let Err(err) = std::fs::create_dir_all(dir) {
+        crate::shim_log!(spec.job_id, "creating {} failed: {err}; unacknowledged frames stay in memory", dir.display());
+        return None;
+    }
+    Some(dir.join(format!("{}.{}.spool", spec.job_id, spec.attempt)))
+}
+
 fn hello_for(spec: &ShimSpec, address: String) -> Hello {
     Hello {
         version: CONTROL_VERSION,
@@ -299,7 +309,7 @@ fn hello_for(spec: &ShimSpec, address: String) -> Hello {
 /// reason instead of a lost job.
 async fn fail_before_start(spec: &ShimSpec, job_id: &Rc<str>, address: String, reason: String, started_at: Instant) -> Result<(), String> {
     crate::shim_log!(job_id, "{reason}");
-    let mut handle = session::start(job_id.clone(), spec.control_socket.clone(), hello_for(spec, address));
+    let mut handle = session::start(job_id.clone(), spec.control_socket.clone(), hello_for(spec, address), None);
     let report = ExitReport {
         spawn_error: Some(reason),
         elapsed_ms: started_at.elapsed().as_millis() as u64,
@@ -327,9 +337,7 @@ fn write_exit_record(spec: &ShimSpec, shared: &session::Shared) -> Result<std::p
     };
     let mut contents = serde_json::to_vec(&header).map_err(|err| err.to_string())?;
     contents.push(b'\n');
-    for (_, frame) in shared.unacked.borrow().iter() {
-        contents.extend_from_slice(frame);
-    }
+    contents.extend_from_slice(&shared.all_unacked());
     let final_path = dir.join(exit_record_name(&spec.job_id));
     let temporary = dir.join(format!("{}.tmp.{}", exit_record_name(&spec.job_id), std::process::id()));
     let write = || -> std::io::Result<()> {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod events;
 pub mod http;
 pub mod jobs;
+pub mod metrics;
 pub mod server;
 pub mod sse;
 pub mod store;

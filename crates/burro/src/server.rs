@@ -133,8 +133,18 @@ impl AppServer {
             retry_backoff: config.jobs.retry_backoff,
             poll_interval: config.jobs.poll_interval,
             node_id,
+            retention: config.jobs.retention,
         };
         let jobs = Jobs::new(dyn_store, events.clone(), live, logs, supervisor, settings);
+        let metrics = jobs.clone();
+        events.on("job.stale", move |event| {
+            let jobs = metrics.clone();
+            async move {
+                let name = event.data["name"].as_str().unwrap_or_default();
+                jobs.metrics().count(crate::metrics::JobCounter::Stale, name);
+                Ok(())
+            }
+        });
         for (name, job) in &config.external_jobs {
             jobs.register_external(name, job.clone()).map_err(|source| ServerError::Register { name: name.clone(), source })?;
         }

@@ -275,3 +275,67 @@ async fn health_reports_components() {
     assert_eq!(body["store"], json!("ok"));
     assert_eq!(body["controlSocket"], json!("ok"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_stats_purge_and_metrics() {
+    let server = start_with(
+        |config| {
+            config.external_jobs.insert("exit".into(), external("bash", "exit_code.sh"));
+        },
+        |_| {},
+    )
+    .await;
+    let url = server.url();
+    let options = EnqueueOptions {
+        max_attempts: Some(1),
+        ..Default::default()
+    };
+    let id = server.core().jobs.enqueue("exit", json!({"code": 4}), options).await.unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+
+    let (status, stats) = get(&format!("{url}/api/stats")).await;
+    assert_eq!(status, 200);
+    assert_eq!(stats["byStatus"]["failed"], json!(1));
+    assert_eq!(stats["byStatus"]["pending"], json!(0));
+    assert_eq!(stats["byName"]["exit"]["failed"], json!(1));
+
+    let (status, retried) = post(&format!("{url}/api/jobs/{id}/retry"), json!({})).await;
+    assert_eq!(status, 200, "{retried}");
+    assert_eq!(retried["maxAttempts"], json!(2));
+    let job = server.wait_for(&id, "second attempt ends", |job| job.attempts == 2 && job.status.is_finished()).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_eq!(job.error.as_deref(), Some("process exited with code 4"));
+
+    let later = EnqueueOptions {
+        run_at_ms: Some(burro::clock::now_ms() + 3_600_000),
+        ..Default::default()
+    };
+    let running = server.core().jobs.enqueue("exit", json!({"code": 0}), later).await.unwrap();
+    let (status, body) = post(&format!("{url}/api/jobs/{running}/retry"), json!({})).await;
+    assert_eq!(status, 409);
+    assert_eq!(body["error"]["code"], json!("not_retryable"));
+
+    let response = reqwest::get(format!("{url}/metrics")).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.contains("burro_jobs_failed_total{name=\"exit\"} 2"), "{text}");
+    assert!(text.contains("burro_jobs_started_total{name=\"exit\"} 2"), "{text}");
+    assert!(text.contains("burro_jobs{status=\"scheduled\"} 1"), "{text}");
+    assert!(text.contains("burro_job_duration_seconds_count{name=\"exit\"} 2"), "{text}");
+
+    let (status, body) = post(&format!("{url}/api/purge"), json!({"olderThan": "1h"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["deleted"], json!(0), "the failed job is newer than an hour");
+    let (status, body) = post(&format!("{url}/api/purge"), json!({"olderThan": "0s", "status": "running"})).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], json!("invalid_status"));
+    let (status, body) = post(&format!("{url}/api/purge"), json!({"olderThan": "0s", "status": "failed"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["deleted"], json!(1));
+    let (status, _) = get(&format!("{url}/api/jobs/{id}")).await;
+    assert_eq!(status, 404);
+    assert!(!server.dir.path().join(format!("logs/{id}.log")).exists(), "the log file is deleted with the job");
+    let (_, waiting) = get(&format!("{url}/api/jobs/{running}")).await;
+    assert_eq!(waiting["status"], json!("scheduled"), "waiting jobs are never purged");
+}

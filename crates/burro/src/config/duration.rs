@@ -89,7 +89,7 @@ pub mod serde_duration_option {
     use super::*;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
-        // TOML has no null, so a present key always holds a value.
+        // TOML has no null, so a present key always has a value.
         deserializer.deserialize_any(DurationVisitor).map(Some)
     }
 

@@ -18,6 +18,7 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_secs(1);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HEARTBEAT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
@@ -88,6 +89,61 @@ pub struct JobsConfig {
     /// Safety-net poll of the store, for due scheduled jobs. Default 1 s.
     #[serde(with = "serde_duration")]
     pub poll_interval: Duration,
+    /// How long finished jobs and their logs are kept: a duration for every
+    /// status (default `"7d"`), a table per status such as
+    /// `{ completed = "1d", failed = "30d" }`, or `false` to keep them.
+    pub retention: Retention,
+}
+
+/// How long finished jobs are kept, per status; `None` keeps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Retention {
+    pub completed: Option<Duration>,
+    pub failed: Option<Duration>,
+    pub cancelled: Option<Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            completed: Some(DEFAULT_RETENTION),
+            failed: Some(DEFAULT_RETENTION),
+            cancelled: Some(DEFAULT_RETENTION),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Retention {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let parse = |key: &str, value: &toml::Value| -> Result<Option<Duration>, D::Error> {
+            match value {
+                toml::Value::Boolean(false) => Ok(None),
+                toml::Value::String(text) => parse_duration(text).map(Some).map_err(|e| D::Error::custom(format!("retention{key}: {e}"))),
+                other => Err(D::Error::custom(format!("retention{key} must be a duration such as \"7d\" or false, found {other}"))),
+            }
+        };
+        let value = toml::Value::deserialize(deserializer)?;
+        match &value {
+            toml::Value::Table(table) => {
+                let mut retention = Retention::default();
+                for (key, value) in table {
+                    let parsed = parse(&format!(".{key}"), value)?;
+                    match key.as_str() {
+                        "completed" => retention.completed = parsed,
+                        "failed" => retention.failed = parsed,
+                        "cancelled" => retention.cancelled = parsed,
+                        other => return Err(D::Error::custom(format!("unknown key retention.{other}; expected completed, failed or cancelled"))),
+                    }
+                }
+                Ok(retention)
+            }
+            other => {
+                let all = parse("", other)?;
+                Ok(Retention { completed: all, failed: all, cancelled: all })
+            }
+        }
+    }
 }
 
 impl Default for JobsConfig {
@@ -97,6 +153,7 @@ impl Default for JobsConfig {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             retry_backoff: RetryBackoff::default(),
             poll_interval: DEFAULT_POLL_INTERVAL,
+            retention: Retention::default(),
         }
     }
 }
@@ -153,7 +210,7 @@ impl<'de> Deserialize<'de> for RetryBackoff {
     }
 }
 
-/// How jobs reach their socket.
+/// Transport between a job and its shim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
@@ -186,13 +243,13 @@ pub struct ExternalConfig {
     /// message, before SIGTERM. Default 10 s.
     #[serde(with = "serde_duration")]
     pub cancel_grace: Duration,
-    /// Longest message line, in bytes. Default 16 MiB.
+    /// Maximum message line, in bytes. Default 16 MiB.
     pub max_message_bytes: usize,
     /// Simultaneous connections to one job socket. Default 64.
     pub max_connections_per_job: usize,
     /// Offer jobs an inherited pipe named by `BURRO_MESSAGE_FD`. Default true.
     pub message_fd: bool,
-    /// Longest stdout or stderr line kept whole, in bytes; longer lines are
+    /// Maximum stdout or stderr line kept whole, in bytes. Longer lines are
     /// split. Default 64 KiB.
     pub max_log_line: usize,
     /// How long a restarted server waits for the shims of jobs that were
@@ -251,7 +308,7 @@ pub struct ExternalJobConfig {
     /// Default: `[external] default_heartbeat_timeout`.
     #[serde(default, with = "serde_duration_option")]
     pub heartbeat_timeout: Option<Duration>,
-    /// Longest run of one attempt; none by default.
+    /// Maximum run time of one attempt. No limit by default.
     #[serde(default, with = "serde_duration_option")]
     pub timeout: Option<Duration>,
     /// Default: `[external] kill_grace`.
@@ -467,6 +524,19 @@ mod tests {
         assert!(err.contains("concurency"), "{err}");
         let err = Config::parse("[external_jobs.x]\ncommand = \"a\"\ntimout = \"1s\"\n").unwrap_err();
         assert!(err.contains("timout"), "{err}");
+    }
+
+    #[test]
+    fn retention_forms() {
+        let config = Config::parse("[jobs]\nretention = \"1d\"\n").unwrap();
+        assert_eq!(config.jobs.retention.failed, Some(Duration::from_secs(86_400)));
+        let config = Config::parse("[jobs]\nretention = false\n").unwrap();
+        assert_eq!(config.jobs.retention.completed, None);
+        let config = Config::parse("[jobs]\nretention = { failed = \"30d\", completed = false }\n").unwrap();
+        assert_eq!(config.jobs.retention.completed, None);
+        assert_eq!(config.jobs.retention.failed, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(config.jobs.retention.cancelled, Some(DEFAULT_RETENTION));
+        assert!(Config::parse("[jobs]\nretention = { done = \"1d\" }\n").unwrap_err().contains("retention.done"));
     }
 
     #[test]

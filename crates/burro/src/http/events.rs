@@ -28,7 +28,7 @@ fn last_event_id(headers: &HeaderMap) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// The final event of a finished job, built from its stored state.
+/// Builds the final event of a finished job from its stored state.
 fn final_message(job: &JobView) -> Arc<SseMessage> {
     let (event, data) = match job.status {
         JobStatus::Completed => ("completed", json!({"jobId": job.id, "name": job.name, "result": job.result})),

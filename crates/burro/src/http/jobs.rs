@@ -23,6 +23,7 @@ fn jobs_error(err: JobsError) -> ApiError {
         JobsError::InvalidName(_) => ApiError::bad_request("invalid_name", err.to_string()),
         JobsError::InvalidOption(_) => ApiError::bad_request("invalid_option", err.to_string()),
         JobsError::NotFound(id) => ApiError::job_not_found(&id),
+        JobsError::NotRetryable(_) => ApiError::new(StatusCode::CONFLICT, "not_retryable", err.to_string()),
         JobsError::AlreadyRegistered(_) | JobsError::Store(_) => ApiError::internal(err),
     }
 }
@@ -148,6 +149,70 @@ pub(crate) async fn cancel(State(core): State<Core>, Path(id): Path<String>) -> 
             Ok((StatusCode::CONFLICT, Json(body)).into_response())
         }
     }
+}
+
+/// `POST /api/jobs/{id}/retry`: a new attempt of a failed or cancelled job.
+pub(crate) async fn retry(State(core): State<Core>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match core.jobs.retry(&id).await {
+        Ok(job) => Ok(Json(job).into_response()),
+        Err(JobsError::NotRetryable(job)) => {
+            let message = format!("job {} is {}; only failed or cancelled jobs can be retried", job.id, job.status);
+            let body = json!({"error": {"code": "not_retryable", "message": message}, "status": job.status, "job": job});
+            Ok((StatusCode::CONFLICT, Json(body)).into_response())
+        }
+        Err(err) => Err(jobs_error(err)),
+    }
+}
+
+/// `GET /api/stats`: job counts per status and per name.
+pub(crate) async fn stats(State(core): State<Core>) -> Result<Response, ApiError> {
+    Ok(Json(core.jobs.stats().await.map_err(jobs_error)?).into_response())
+}
+
+/// `POST /api/purge` with `{"olderThan": "30d", "status": "failed"?}`.
+pub(crate) async fn purge(State(core): State<Core>, body: Result<Json<Value>, JsonRejection>) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(json_rejection)?;
+    let Value::Object(fields) = body else {
+        return Err(ApiError::bad_request("invalid_body", "expected a JSON object with olderThan and an optional status"));
+    };
+    if let Some(unknown) = fields.keys().find(|k| !["olderThan", "status"].contains(&k.as_str())) {
+        return Err(ApiError::bad_request("unknown_field", format!("unknown field {unknown:?}; expected olderThan, status")));
+    }
+    let older_than = match fields.get("olderThan") {
+        Some(Value::String(text)) => parse_duration(text).map_err(|e| ApiError::bad_request("invalid_field", format!("field \"olderThan\": {e}")))?,
+        _ => return Err(ApiError::bad_request("missing_field", "missing field \"olderThan\": a duration such as \"30d\"")),
+    };
+    let statuses = match fields.get("status") {
+        None | Some(Value::Null) => vec![JobStatus::Completed, JobStatus::Failed, JobStatus::Cancelled],
+        Some(Value::String(text)) => {
+            let status: JobStatus = text.parse().map_err(|e| ApiError::bad_request("invalid_status", e))?;
+            if !status.is_finished() {
+                return Err(ApiError::bad_request("invalid_status", format!("status {status} is not finished: only completed, failed and cancelled jobs can be purged")));
+            }
+            vec![status]
+        }
+        Some(other) => return Err(ApiError::bad_request("invalid_field", format!("field \"status\" must be a string, found {other}"))),
+    };
+    let deleted = core.jobs.purge(&statuses, older_than).await.map_err(jobs_error)?;
+    Ok(Json(json!({"deleted": deleted})).into_response())
+}
+
+/// `GET /metrics` in the Prometheus text format.
+pub(crate) async fn metrics(State(core): State<Core>) -> Response {
+    let mut snapshot = crate::metrics::Snapshot {
+        running: core.jobs.running_count() as u64,
+        sse_clients: core.sse.client_count() as u64,
+        ..Default::default()
+    };
+    match core.jobs.stats().await {
+        Ok(stats) => snapshot.by_status = stats.by_status.into_iter().collect(),
+        Err(err) => {
+            core.jobs.metrics().store_error();
+            tracing::warn!(error = %err, "reading job counts for /metrics failed");
+        }
+    }
+    let body = core.jobs.metrics().render(&snapshot);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
 
 /// `GET /api/jobs/{id}/logs?tail=N`.

@@ -1,5 +1,6 @@
 //! The HTTP API under `/api`, plus `/health`.
 
+mod dashboard;
 mod error;
 mod events;
 mod jobs;
@@ -17,10 +18,15 @@ pub fn router(core: Core, body_limit: usize) -> Router {
         .route("/api/jobs", post(jobs::create).get(jobs::list))
         .route("/api/jobs/{id}", get(jobs::get_one))
         .route("/api/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/api/jobs/{id}/retry", post(jobs::retry))
+        .route("/api/stats", get(jobs::stats))
+        .route("/api/purge", post(jobs::purge))
+        .route("/metrics", get(jobs::metrics))
         .route("/api/jobs/{id}/logs", get(jobs::logs))
         .route("/api/jobs/{id}/events", get(events::job_events))
         .route("/api/events", get(events::channel_events))
         .route("/health", get(jobs::health))
+        .merge(dashboard::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -5,6 +5,7 @@ use super::live::FLUSH_INTERVAL;
 use super::outcome::{external_outcome, retry_decision, Outcome, RetryDecision};
 use super::service::{Registration, RunningEntry, Shared};
 use crate::clock::{now_ms, to_rfc3339};
+use crate::metrics::JobCounter;
 use crate::store::{ClaimRequest, Job, JobFinish, JobStatus};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -46,6 +47,7 @@ pub(crate) async fn dispatcher(shared: Arc<Shared>) {
                     }
                 }
                 Err(err) => {
+                    shared.metrics.store_error();
                     if !failing {
                         tracing::error!(error = %err, "claiming jobs failed; retrying every second");
                         failing = true;
@@ -101,6 +103,10 @@ async fn execute(shared: Arc<Shared>, job: Job, permit: OwnedSemaphorePermit) {
         },
     );
     tracing::info!(job_id = %job.id, job_name = %job.name, attempt = job.attempts, "job started");
+    shared.metrics.count(JobCounter::Started, &job.name);
+    if let Some(started) = job.started_at {
+        shared.metrics.observe_dispatch_latency((started - job.run_at).max(0) as f64 / 1000.0);
+    }
 
     let registration = {
         let registry = shared.registry.read().expect("registry lock");
@@ -213,6 +219,7 @@ pub(crate) async fn recover_external(shared: Arc<Shared>, job: Job, adoption: cr
     );
     let summary = shared.supervisor.recover(adoption, &job).await;
     if summary.lost.is_some() {
+        shared.metrics.count(JobCounter::Lost, &job.name);
         shared.events.emit("job.lost", json!({"jobId": job.id, "name": job.name, "attempt": job.attempts})).await;
     }
     shared.running.lock().expect("running lock").remove(&job.id);
@@ -243,6 +250,7 @@ pub(crate) fn external_of(shared: &Shared, job: &Job) -> super::service::Externa
 /// Ends an in-process attempt that was running when the server last stopped.
 pub(crate) async fn recover_lost(shared: &Arc<Shared>, job: Job) {
     tracing::warn!(job_id = %job.id, job_name = %job.name, attempt = job.attempts, "job lost: it was running when the server stopped");
+    shared.metrics.count(JobCounter::Lost, &job.name);
     shared.events.emit("job.lost", json!({"jobId": job.id, "name": job.name, "attempt": job.attempts})).await;
     let outcome = Outcome::Failed {
         error: "job lost: the server stopped while it was running".into(),
@@ -269,9 +277,13 @@ async fn finish(shared: &Arc<Shared>, job: &Job, outcome: Outcome) {
         progress_message: live.progress_message.clone(),
     };
     let (id, name, attempt) = (&job.id, &job.name, job.attempts);
+    if let Some(started) = job.started_at {
+        shared.metrics.observe_duration(name, (now - started).max(0) as f64 / 1000.0);
+    }
     let events: Vec<(String, Value)> = match outcome {
         Outcome::Completed(result) => {
             record.result = result.clone();
+            shared.metrics.count(JobCounter::Completed, name);
             tracing::info!(job_id = %id, job_name = %name, attempt, "job completed");
             vec![
                 ("job.completed".into(), json!({"jobId": id, "name": name, "result": result, "attempt": attempt})),
@@ -280,6 +292,7 @@ async fn finish(shared: &Arc<Shared>, job: &Job, outcome: Outcome) {
         }
         Outcome::Cancelled => {
             record.status = JobStatus::Cancelled;
+            shared.metrics.count(JobCounter::Cancelled, name);
             tracing::info!(job_id = %id, job_name = %name, attempt, "job cancelled");
             vec![("job.cancelled".into(), json!({"jobId": id, "name": name, "attempt": attempt}))]
         }
@@ -290,6 +303,7 @@ async fn finish(shared: &Arc<Shared>, job: &Job, outcome: Outcome) {
                 RetryDecision::Retry { after } => {
                     let run_at = now + after.as_millis() as i64;
                     record.status = JobStatus::Scheduled;
+                    shared.metrics.count(JobCounter::Retried, name);
                     record.run_at = Some(run_at);
                     tracing::info!(job_id = %id, job_name = %name, attempt, error = %error, retry_in_ms = after.as_millis() as u64, "job attempt failed; retrying");
                     vec![(
@@ -299,6 +313,7 @@ async fn finish(shared: &Arc<Shared>, job: &Job, outcome: Outcome) {
                 }
                 RetryDecision::Fail => {
                     record.status = JobStatus::Failed;
+                    shared.metrics.count(JobCounter::Failed, name);
                     tracing::info!(job_id = %id, job_name = %name, attempt, error = %error, "job failed");
                     vec![
                         ("job.failed".into(), json!({"jobId": id, "name": name, "error": error, "stack": stack, "attempt": attempt})),
@@ -319,6 +334,7 @@ async fn finish(shared: &Arc<Shared>, job: &Job, outcome: Outcome) {
                 return;
             }
             Err(err) => {
+                shared.metrics.store_error();
                 tracing::error!(job_id = %id, attempt, error = %err, "recording the end of the job failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));

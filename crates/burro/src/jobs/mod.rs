@@ -15,5 +15,5 @@ pub use outcome::{
     backoff_delay, external_outcome, retry_decision, signal_name, ExitSummary, KillReason, Outcome,
     RetryDecision, Terminal,
 };
-pub use service::{CancelResult, EnqueueOptions, ExternalJob, JobList, Jobs, JobsError, JobsSettings};
+pub use service::{CancelResult, EnqueueOptions, ExternalJob, JobList, JobStats, Jobs, JobsError, JobsSettings};
 pub use view::{JobView, Progress};

@@ -1,4 +1,4 @@
-//! How an attempt ended, and what happens next. Pure functions, so every
+//! The end of an attempt and the decision that follows. Pure functions, so every
 //! rule of the exit table can be tested without processes.
 
 use crate::config::RetryBackoff;
@@ -14,7 +14,7 @@ pub enum Terminal {
     Failed { error: String, stack: Option<String> },
 }
 
-/// Why the server asked the shim to terminate the job.
+/// Reason the server requested the shim to terminate the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KillReason {
     Cancel,
@@ -113,7 +113,7 @@ pub fn signal_name(signal: i32) -> String {
     }
 }
 
-/// What to do after a failed attempt.
+/// Decision after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryDecision {
     Retry { after: Duration },

@@ -28,6 +28,7 @@ pub struct JobsSettings {
     pub retry_backoff: RetryBackoff,
     pub poll_interval: Duration,
     pub node_id: String,
+    pub retention: crate::config::Retention,
 }
 
 /// An external job as registered: its command and its effective limits.
@@ -74,6 +75,47 @@ pub enum CancelResult {
     AlreadyFinished(JobView),
 }
 
+/// Deleted rows per retention batch.
+const PURGE_BATCH: u32 = 500;
+/// How often the retention sweeper runs.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Job counts for the overview.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStats {
+    pub by_status: std::collections::BTreeMap<String, u64>,
+    pub by_name: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+}
+
+/// Deletes finished jobs past their retention, every few minutes.
+async fn retention_sweeper(jobs: Jobs) {
+    let retention = jobs.shared.settings.retention;
+    let rules = [
+        (JobStatus::Completed, retention.completed),
+        (JobStatus::Failed, retention.failed),
+        (JobStatus::Cancelled, retention.cancelled),
+    ];
+    if rules.iter().all(|(_, keep)| keep.is_none()) {
+        return;
+    }
+    let mut ticker = tokio::time::interval(RETENTION_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = jobs.shared.shutdown.cancelled() => return,
+        }
+        for (status, keep) in rules {
+            let Some(keep) = keep else { continue };
+            match jobs.purge(&[status], keep).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(status = %status, deleted, "deleted finished jobs past their retention"),
+                Err(err) => tracing::warn!(status = %status, error = %err, "deleting finished jobs past their retention failed"),
+            }
+        }
+    }
+}
+
 /// Errors of the jobs service.
 #[derive(Debug, thiserror::Error)]
 pub enum JobsError {
@@ -87,6 +129,8 @@ pub enum JobsError {
     InvalidOption(String),
     #[error("job {0} not found")]
     NotFound(String),
+    #[error("job {} is {}; only failed or cancelled jobs can be retried", .0.id, .0.status)]
+    NotRetryable(Box<JobView>),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -113,6 +157,7 @@ pub(crate) struct Shared {
     /// Jobs cancelled between their claim and the start of their executor.
     pub early_cancels: Mutex<HashSet<String>>,
     pub shutdown: CancellationToken,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Handle to the jobs service; cheap to clone.
@@ -145,6 +190,7 @@ impl Jobs {
                 running: Mutex::new(HashMap::new()),
                 early_cancels: Mutex::new(HashSet::new()),
                 shutdown: CancellationToken::new(),
+                metrics: Arc::new(crate::metrics::Metrics::default()),
             }),
         }
     }
@@ -245,6 +291,7 @@ impl Jobs {
         };
         let job = self.shared.store.job_insert(&new_job).await?;
         tracing::debug!(job_id = %job.id, job_name = %job.name, "job enqueued");
+        self.shared.metrics.count(crate::metrics::JobCounter::Enqueued, &job.name);
         self.shared.wake.notify_one();
         Ok(job.id)
     }
@@ -382,10 +429,82 @@ impl Jobs {
         self.shared.supervisor.start_accepting();
     }
 
-    /// Starts the dispatcher and the coalesced-write flusher.
+    /// Starts the dispatcher, the coalesced-write flusher and the retention
+    /// sweeper.
     pub(crate) fn start(&self) {
         tokio::spawn(super::dispatch::dispatcher(self.shared.clone()));
         tokio::spawn(super::dispatch::flusher(self.shared.clone()));
+        tokio::spawn(retention_sweeper(self.clone()));
+    }
+
+    /// Starts a new attempt of a `failed` or `cancelled` job: it becomes
+    /// `pending` with one more allowed attempt.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`JobsError::NotFound`] or a store error. A job in another
+    /// status is returned as `Err(JobsError::NotRetryable)`.
+    pub async fn retry(&self, id: &str) -> Result<JobView, JobsError> {
+        match self.shared.store.job_retry(id, now_ms()).await? {
+            crate::store::RetryRequest::Retried(job) => {
+                tracing::info!(job_id = %job.id, job_name = %job.name, attempt = job.attempts + 1, "job retried on request");
+                self.shared.wake.notify_one();
+                Ok(self.view(job))
+            }
+            crate::store::RetryRequest::NotRetryable(job) => Err(JobsError::NotRetryable(Box::new(self.view(job)))),
+            crate::store::RetryRequest::NotFound => Err(JobsError::NotFound(id.to_string())),
+        }
+    }
+
+    /// Returns the number of jobs per status and per name and status.
+    ///
+    /// # Errors
+    ///
+    /// Returns a store error.
+    pub async fn stats(&self) -> Result<JobStats, JobsError> {
+        let counts = self.shared.store.job_counts().await?;
+        let mut stats = JobStats::default();
+        for status in JobStatus::ALL {
+            stats.by_status.insert(status.as_str().to_string(), 0);
+        }
+        for count in counts {
+            *stats.by_status.entry(count.status.as_str().to_string()).or_default() += count.count;
+            *stats.by_name.entry(count.name).or_default().entry(count.status.as_str().to_string()).or_default() += count.count;
+        }
+        Ok(stats)
+    }
+
+    /// Deletes finished jobs with one of `statuses` that ended more than
+    /// `older_than` ago, with their log files, in batches; returns how many.
+    ///
+    /// # Errors
+    ///
+    /// Returns a store error; jobs deleted before it stay deleted.
+    pub async fn purge(&self, statuses: &[JobStatus], older_than: Duration) -> Result<u64, JobsError> {
+        let before = now_ms() - older_than.as_millis() as i64;
+        let mut deleted = 0u64;
+        loop {
+            let ids = self.shared.store.jobs_purge(statuses, before, PURGE_BATCH).await?;
+            for id in &ids {
+                let _ = std::fs::remove_file(self.shared.logs.path(id));
+            }
+            deleted += ids.len() as u64;
+            if ids.len() < PURGE_BATCH as usize {
+                return Ok(deleted);
+            }
+            // Small batches keep the single writer free for running jobs.
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Returns the metrics of this server.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.shared.metrics
+    }
+
+    /// Returns the number of jobs this server is running.
+    pub fn running_count(&self) -> usize {
+        self.shared.running.lock().expect("running lock").len()
     }
 
     /// Stops claiming new jobs, waits up to `drain_timeout` for in-process

@@ -56,6 +56,18 @@ pub trait Store: Send + Sync + 'static {
     /// attempt; returns false otherwise.
     async fn job_requeue(&self, id: &str, attempt: u32) -> Result<bool, StoreError>;
 
+    /// Makes a `failed` or `cancelled` job `pending` again with one more
+    /// allowed attempt; the row, its attempts and its last error are kept.
+    async fn job_retry(&self, id: &str, now_ms: i64) -> Result<RetryRequest, StoreError>;
+
+    /// Returns the number of jobs per name and status.
+    async fn job_counts(&self) -> Result<Vec<JobCount>, StoreError>;
+
+    /// Deletes up to `limit` finished jobs with one of `statuses` that ended
+    /// before `before_ms`; returns their ids. Running, pending and scheduled
+    /// jobs are never deleted.
+    async fn jobs_purge(&self, statuses: &[JobStatus], before_ms: i64, limit: u32) -> Result<Vec<String>, StoreError>;
+
     /// Cancels a `pending` or `scheduled` job.
     async fn job_cancel_waiting(&self, id: &str, now_ms: i64) -> Result<CancelWaiting, StoreError>;
 

@@ -5,7 +5,7 @@ use serde_json::Value;
 use std::fmt;
 use std::str::FromStr;
 
-/// Where a job is in its life.
+/// Lifecycle status of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
@@ -202,6 +202,23 @@ pub enum CancelWaiting {
     /// The job exists but is not waiting; it is returned unchanged.
     NotWaiting(Job),
     NotFound,
+}
+
+/// Result of [`super::Store::job_retry`].
+#[derive(Debug, Clone)]
+pub enum RetryRequest {
+    Retried(Job),
+    /// The job exists but is not `failed` or `cancelled`.
+    NotRetryable(Job),
+    NotFound,
+}
+
+/// Number of jobs with one name and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobCount {
+    pub name: String,
+    pub status: JobStatus,
+    pub count: u64,
 }
 
 /// Coalesced live state of a running job.

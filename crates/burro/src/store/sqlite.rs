@@ -264,6 +264,53 @@ impl Store for SqliteStore {
         Ok(outcome.rows_affected() == 1)
     }
 
+    async fn job_retry(&self, id: &str, now_ms: i64) -> Result<RetryRequest, StoreError> {
+        let sql = format!(
+            "UPDATE jobs SET status = 'pending', run_at = ?, max_attempts = attempts + 1, completed_at = NULL, \
+                 result = NULL, process_state = NULL, pid = NULL \
+             WHERE id = ? AND status IN ('failed', 'cancelled') RETURNING {COLUMNS}"
+        );
+        if let Some(row) = sqlx::query(&sql).bind(now_ms).bind(id).fetch_optional(&self.writer).await? {
+            return Ok(RetryRequest::Retried(job_from_row(&row)?));
+        }
+        let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = ?");
+        match sqlx::query(&sql).bind(id).fetch_optional(&self.writer).await? {
+            Some(row) => Ok(RetryRequest::NotRetryable(job_from_row(&row)?)),
+            None => Ok(RetryRequest::NotFound),
+        }
+    }
+
+    async fn job_counts(&self) -> Result<Vec<JobCount>, StoreError> {
+        let rows = sqlx::query("SELECT name, status, COUNT(*) AS count FROM jobs GROUP BY name, status ORDER BY name, status")
+            .fetch_all(&self.reader)
+            .await?;
+        let mut counts = Vec::with_capacity(rows.len());
+        for row in rows {
+            let name: String = row.try_get("name")?;
+            let status: String = row.try_get("status")?;
+            let status = JobStatus::from_str(&status).map_err(|message| StoreError::Corrupt { id: name.clone(), message })?;
+            let count: i64 = row.try_get("count")?;
+            counts.push(JobCount { name, status, count: count as u64 });
+        }
+        Ok(counts)
+    }
+
+    async fn jobs_purge(&self, statuses: &[JobStatus], before_ms: i64, limit: u32) -> Result<Vec<String>, StoreError> {
+        let finished: Vec<&str> = statuses.iter().filter(|s| s.is_finished()).map(|s| s.as_str()).collect();
+        if finished.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE status IN ({}) AND completed_at < ? LIMIT ?) RETURNING id",
+            placeholders(finished.len())
+        );
+        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        for status in finished {
+            query = query.bind(status);
+        }
+        Ok(query.bind(before_ms).bind(i64::from(limit)).fetch_all(&self.writer).await?)
+    }
+
     async fn job_cancel_waiting(&self, id: &str, now_ms: i64) -> Result<CancelWaiting, StoreError> {
         let sql = format!(
             "UPDATE jobs SET status = 'cancelled', completed_at = ? \
@@ -273,7 +320,7 @@ impl Store for SqliteStore {
         if let Some(row) = row {
             return Ok(CancelWaiting::Cancelled(job_from_row(&row)?));
         }
-        // Read through the writer so the answer reflects the update above.
+        // Read through the writer so the result includes the update above.
         let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = ?");
         match sqlx::query(&sql).bind(id).fetch_optional(&self.writer).await? {
             Some(row) => Ok(CancelWaiting::NotWaiting(job_from_row(&row)?)),

@@ -13,6 +13,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Maximum time between acknowledgements while frames are being processed.
+const ACK_INTERVAL: Duration = Duration::from_millis(250);
 /// Frames are a job message plus a short prefix.
 const FRAME_OVERHEAD: usize = 64;
 
@@ -110,8 +112,11 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
     }
     tracing::debug!(job_id = %run.job_id, shim_pid = hello.shim_pid, pid = ?hello.child_pid, "shim connected");
 
+    let mut last_ack = tokio::time::Instant::now();
     loop {
-        // Process everything already buffered, then acknowledge once.
+        // Process everything already buffered, then acknowledge. Long batches
+        // (a slow event subscriber) are acknowledged as they go, so the shim
+        // sees a live server and does not give up waiting.
         let mut processed_any = false;
         while let Some(event) = lines.next_event() {
             match event {
@@ -122,6 +127,11 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
                         }
                         run.process(&inner, frame).await;
                         processed_any = true;
+                        if last_ack.elapsed() >= ACK_INTERVAL {
+                            run.flush_log();
+                            let _ = tx.send(ServerFrame::Ack(run.ackable_seq()).encode());
+                            last_ack = tokio::time::Instant::now();
+                        }
                     }
                     Err(err) => tracing::warn!(job_id = %run.job_id, error = %err, "ignored an invalid control frame"),
                 },
@@ -134,6 +144,7 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
             // Log lines become readable through the API once acknowledged.
             run.flush_log();
             let _ = tx.send(ServerFrame::Ack(run.ackable_seq()).encode());
+            last_ack = tokio::time::Instant::now();
         }
         match reader.read(&mut chunk).await {
             Ok(0) | Err(_) => break,

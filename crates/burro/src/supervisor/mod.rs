@@ -242,7 +242,7 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Marks a running job as cancelled and asks its shim to terminate it.
+    /// Marks a running job as cancelled and requests its shim to terminate it.
     pub fn request_cancel(&self, job_id: &str) {
         let run = self.inner.runs.lock().expect("runs lock").get(job_id).cloned();
         if let Some(run) = run {

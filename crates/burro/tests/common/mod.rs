@@ -71,12 +71,16 @@ async fn drain_until_event(events: &mut Subscription, limit: Duration) {
 
 /// Runs `future` with a time limit, panicking with a clear message.
 pub async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, future).await.unwrap_or_else(|_| panic!("timed out after {limit:?}"))
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {limit:?}"))
 }
 
 /// Path of a worker script under tests/workers.
 pub fn worker(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/workers").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/workers")
+        .join(name);
     assert!(path.exists(), "missing worker script {}", path.display());
     path.display().to_string()
 }
@@ -99,7 +103,7 @@ pub fn test_config(dir: &std::path::Path, socket_dir: &std::path::Path) -> Confi
     config.external.default_heartbeat_timeout = Duration::from_secs(10);
     config.external.heartbeat_check_interval = Duration::from_millis(100);
     config.external.kill_grace = Duration::from_millis(500);
-    config.external.shim_linger = Duration::from_secs(5);
+    config.external.shim_linger = Duration::from_secs(30);
     config.jobs.retry_backoff = RetryBackoff::Exponential {
         base: Duration::from_millis(50),
         max: Duration::from_millis(200),
@@ -116,10 +120,17 @@ pub async fn start_with(configure: impl FnOnce(&mut Config), register: impl FnOn
     let sockets = socket_dir.path().join("s");
     let mut config = test_config(dir.path(), &sockets);
     configure(&mut config);
-    let app = AppServer::from_config(config).await.expect("server starts").broadcast_job_events(true);
+    let app = AppServer::from_config(config)
+        .await
+        .expect("server starts")
+        .broadcast_job_events(true);
     register(&app);
     let server = app.start().await.expect("server listens");
-    TestServer { server, dir, socket_dir }
+    TestServer {
+        server,
+        dir,
+        socket_dir,
+    }
 }
 
 /// Starts a server with the given external jobs.

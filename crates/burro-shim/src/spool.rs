@@ -1,0 +1,159 @@
+//! The spool file: frames waiting for the server beyond the memory limit.
+//!
+//! The queue of unacknowledged frames keeps its oldest frames in memory and
+//! its newest in an append-only file, so every spooled frame is newer than
+//! every frame in memory. As the server acknowledges frames, memory is
+//! refilled from the file in order. A shim whose server is away for a long
+//! time therefore keeps reading its job without growing its memory.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+
+/// Frames waiting in a file, read back in order.
+pub struct Spool {
+    path: PathBuf,
+    file: Option<File>,
+    /// Offset of the first frame not yet read back.
+    read_offset: u64,
+    /// Length of the file.
+    write_offset: u64,
+    /// Bytes read from the file but not yet returned as whole frames.
+    partial: Vec<u8>,
+}
+
+impl Spool {
+    /// Uses `path` for spooled frames; the file is created on first use.
+    pub fn new(path: PathBuf) -> Self {
+        Spool {
+            path,
+            file: None,
+            read_offset: 0,
+            write_offset: 0,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Returns the number of spooled bytes not yet read back.
+    pub fn pending(&self) -> u64 {
+        self.write_offset - self.read_offset + self.partial.len() as u64
+    }
+
+    /// Appends one encoded frame (ending in a newline).
+    ///
+    /// # Errors
+    ///
+    /// Returns the I/O error of creating or writing the file.
+    pub fn append(&mut self, frame: &[u8]) -> io::Result<()> {
+        if self.file.is_none() {
+            let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&self.path)?;
+            self.file = Some(file);
+        }
+        let file = self.file.as_mut().expect("spool file is open");
+        file.seek(SeekFrom::Start(self.write_offset))?;
+        file.write_all(frame)?;
+        self.write_offset += frame.len() as u64;
+        Ok(())
+    }
+
+    /// Reads back whole frames, oldest first, until about `budget` bytes.
+    ///
+    /// # Errors
+    ///
+    /// Returns the I/O error of reading the file.
+    pub fn take(&mut self, budget: usize) -> io::Result<Vec<Vec<u8>>> {
+        let mut frames = Vec::new();
+        let mut taken = 0;
+        while taken < budget {
+            if let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+                let frame: Vec<u8> = self.partial.drain(..=end).collect();
+                taken += frame.len();
+                frames.push(frame);
+                continue;
+            }
+            if self.read_offset == self.write_offset {
+                break;
+            }
+            let Some(file) = self.file.as_mut() else { break };
+            let mut chunk = vec![0u8; (64 * 1024).min((self.write_offset - self.read_offset) as usize)];
+            file.seek(SeekFrom::Start(self.read_offset))?;
+            let read = file.read(&mut chunk)?;
+            if read == 0 {
+                break;
+            }
+            self.partial.extend_from_slice(&chunk[..read]);
+            self.read_offset += read as u64;
+        }
+        if self.pending() == 0 {
+            self.reset();
+        }
+        Ok(frames)
+    }
+
+    /// Reads every spooled frame without consuming it, for an exit record.
+    ///
+    /// # Errors
+    ///
+    /// Returns the I/O error of reading the file.
+    pub fn peek_all(&mut self) -> io::Result<Vec<u8>> {
+        let mut contents = self.partial.clone();
+        if let Some(file) = self.file.as_mut() {
+            let mut rest = vec![0u8; (self.write_offset - self.read_offset) as usize];
+            file.seek(SeekFrom::Start(self.read_offset))?;
+            file.read_exact(&mut rest)?;
+            contents.extend_from_slice(&rest);
+        }
+        Ok(contents)
+    }
+
+    /// Empties the spool and removes its file.
+    fn reset(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        self.read_offset = 0;
+        self.write_offset = 0;
+        self.partial.clear();
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_come_back_in_order() {
+        let dir = std::env::temp_dir().join(format!("burro-spool-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("job.spool");
+        let mut spool = Spool::new(path.clone());
+        for i in 0..1000 {
+            spool.append(format!("MSG {i} 1 {{\"n\":{i}}}\n").as_bytes()).unwrap();
+        }
+        assert!(path.exists());
+        let all = spool.peek_all().unwrap();
+        assert_eq!(all.iter().filter(|&&b| b == b'\n').count(), 1000);
+
+        let mut seen = Vec::new();
+        loop {
+            let frames = spool.take(4096).unwrap();
+            if frames.is_empty() {
+                break;
+            }
+            seen.extend(frames);
+        }
+        assert_eq!(seen.len(), 1000);
+        for (i, frame) in seen.iter().enumerate() {
+            assert_eq!(frame, format!("MSG {i} 1 {{\"n\":{i}}}\n").as_bytes());
+        }
+        assert_eq!(spool.pending(), 0);
+        assert!(!path.exists(), "an empty spool removes its file");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
