@@ -103,7 +103,41 @@
    * Calls the API. Returns {ok, status, body}; `body` is the parsed JSON or
    * null. Network failures come back with status 0.
    */
+  /**
+   * Asks for the API token once and trades it for the session cookie that
+   * the API and the event streams accept. Returns true when it was accepted.
+   */
+  let tokenRequest = null;
+  function requestToken() {
+    if (!tokenRequest) {
+      tokenRequest = (async () => {
+        const token = window.prompt("This burro server requires an API token:");
+        if (!token) return false;
+        const response = await fetch("/api/session", {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ token }),
+        });
+        return response.ok;
+      })().finally(() => {
+        setTimeout(() => {
+          tokenRequest = null;
+        }, 0);
+      });
+    }
+    return tokenRequest;
+  }
+
   async function api(method, path, body) {
+    const result = await apiOnce(method, path, body);
+    if (result.status === 401 && (await requestToken())) {
+      openChannel();
+      return apiOnce(method, path, body);
+    }
+    return result;
+  }
+
+  async function apiOnce(method, path, body) {
     const init = { method, headers: { accept: "application/json" } };
     if (body !== undefined) {
       init.headers["content-type"] = "application/json";

@@ -27,12 +27,21 @@ impl std::fmt::Display for ApiFailure {
 impl std::error::Error for ApiFailure {}
 
 impl Client {
-    pub fn new(base: &str) -> anyhow::Result<Self> {
+    pub fn new(base: &str, token: Option<&str>) -> anyhow::Result<Self> {
         let base = base.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(anyhow!("invalid server URL {base:?}: expected http://HOST:PORT, for example http://127.0.0.1:3000"));
+            return Err(anyhow!(
+                "invalid server URL {base:?} (from --server or BURRO_SERVER): expected http://HOST:PORT, for example http://127.0.0.1:3000"
+            ));
         }
-        let http = reqwest::Client::builder().build().context("creating the HTTP client failed")?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token.filter(|t| !t.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| anyhow!("invalid API token: it must be printable ASCII"))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder().default_headers(headers).build().context("creating the HTTP client failed")?;
         Ok(Client { base, http })
     }
 
@@ -58,6 +67,9 @@ impl Client {
             return Ok(body);
         }
         let code = body.pointer("/error/code").and_then(Value::as_str).unwrap_or("http_error").to_string();
+        if status.as_u16() == 401 {
+            return Err(anyhow!("the server requires an API token: pass --token or set BURRO_API_TOKEN"));
+        }
         let message = body
             .pointer("/error/message")
             .and_then(Value::as_str)

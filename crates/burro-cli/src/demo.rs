@@ -31,6 +31,7 @@ pub async fn demo(config: Option<PathBuf>, keep_running: bool) -> anyhow::Result
     if std::net::TcpListener::bind(config.server.bind).is_err() {
         config.server.bind.set_port(0);
     }
+    let token = std::env::var("BURRO_API_TOKEN").ok().filter(|t| !t.is_empty()).or_else(|| config.server.api_token.clone());
     let server = AppServer::from_config(config).await?.broadcast_job_events(true);
     for (name, _) in DEMO_JOBS {
         if !server.core().jobs.registered_names().iter().any(|n| n == name) {
@@ -44,7 +45,7 @@ pub async fn demo(config: Option<PathBuf>, keep_running: bool) -> anyhow::Result
     println!("  jobs:         curl '{url}/api/jobs'");
     println!();
 
-    let client = Client::new(&url)?;
+    let client = Client::new(&url, token.as_deref())?;
     let bars = MultiProgress::new();
     let mut watchers = Vec::new();
     for (name, data) in DEMO_JOBS {
@@ -53,7 +54,7 @@ pub async fn demo(config: Option<PathBuf>, keep_running: bool) -> anyhow::Result
         let id = created["id"].as_str().unwrap_or_default().to_string();
         let bar = bars.add(new_bar(name));
         let printer = Printer::Multi(bars.clone());
-        let client = Client::new(&url)?;
+        let client = Client::new(&url, token.as_deref())?;
         watchers.push(tokio::spawn(async move {
             let ending = follow(&client, &id, &bar, &printer).await;
             bar.finish();

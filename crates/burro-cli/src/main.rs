@@ -24,6 +24,10 @@ struct Cli {
     #[arg(long, global = true, env = "BURRO_SERVER", default_value = "http://127.0.0.1:3000")]
     server: String,
 
+    /// API token of the server, sent as `Authorization: Bearer`.
+    #[arg(long, global = true, env = "BURRO_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -151,7 +155,7 @@ fn describe(err: &anyhow::Error) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let client = client::Client::new(&cli.server)?;
+    let client = client::Client::new(&cli.server, cli.token.as_deref())?;
     match cli.command {
         Command::Serve { config } => serve::serve(config).await,
         Command::Demo { config, keep_running } => demo::demo(config, keep_running).await,

@@ -1,7 +1,7 @@
 //! Prometheus metrics, rendered in the text exposition format at `/metrics`.
 //!
-//! Counters and histograms are kept in memory per job name; gauges that the
-//! store knows (queue depth by status) are read when the metrics are scraped.
+//! Counters and histograms are kept in memory per job name. Gauges that come
+//! from the store (queue depth by status) are read when the metrics are scraped.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;

@@ -21,6 +21,8 @@ pub struct Core {
     pub jobs: Jobs,
     pub events: Events,
     pub sse: Sse,
+    /// Token that API requests must present, when set.
+    pub api_token: Option<std::sync::Arc<str>>,
 }
 
 /// A server that could not start.
@@ -111,6 +113,18 @@ impl AppServer {
     /// checks, or a configured job is invalid.
     pub async fn from_config(config: Config) -> Result<AppServer, ServerError> {
         config.validate().map_err(|e| ServerError::Setup(format!("invalid configuration: {e}")))?;
+        let mut config = config;
+        if let Ok(token) = std::env::var("BURRO_API_TOKEN") {
+            if !token.is_empty() {
+                config.server.api_token = Some(token);
+            }
+        }
+        if !config.server.bind.ip().is_loopback() && config.server.api_token.is_none() {
+            return Err(ServerError::Setup(format!(
+                "refusing to serve on {} without an API token: set [server] api_token or BURRO_API_TOKEN, or bind to 127.0.0.1",
+                config.server.bind
+            )));
+        }
         let data_dir = config.server.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .map_err(|e| ServerError::Setup(format!("creating the data directory {} failed: {e}", data_dir.display())))?;
@@ -148,9 +162,15 @@ impl AppServer {
         for (name, job) in &config.external_jobs {
             jobs.register_external(name, job.clone()).map_err(|source| ServerError::Register { name: name.clone(), source })?;
         }
+        let api_token = config.server.api_token.as_deref().map(std::sync::Arc::from);
         Ok(AppServer {
             config,
-            core: Core { jobs, events, sse },
+            core: Core {
+                jobs,
+                events,
+                sse,
+                api_token,
+            },
             routes: Router::new(),
             broadcast_job_events: false,
             store,

@@ -339,3 +339,57 @@ async fn retry_stats_purge_and_metrics() {
     let (_, waiting) = get(&format!("{url}/api/jobs/{running}")).await;
     assert_eq!(waiting["status"], json!("scheduled"), "waiting jobs are never purged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_token_guards_api_routes() {
+    let server = start_with(|config| config.server.api_token = Some("s3cret token".into()), |_| {}).await;
+    let url = server.url();
+    let client = reqwest::Client::new();
+
+    let response = client.get(format!("{url}/api/jobs")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], json!("unauthorized"));
+    let response = client.get(format!("{url}/api/jobs")).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let response = client.get(format!("{url}/metrics")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+
+    let response = client.get(format!("{url}/api/jobs")).bearer_auth("s3cret token").send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+
+    // The dashboard page and the health check stay public.
+    assert_eq!(client.get(format!("{url}/")).send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(client.get(format!("{url}/health")).send().await.unwrap().status().as_u16(), 200);
+
+    // A browser trades the token for a cookie.
+    let response = client.post(format!("{url}/api/session")).json(&json!({"token": "nope"})).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let response = client.post(format!("{url}/api/session")).json(&json!({"token": "s3cret token"})).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    let cookie = response.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let response = client.get(format!("{url}/api/stats")).header("cookie", pair).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+
+    // EventSource cannot send headers, so SSE routes also take ?token=.
+    let response = client.get(format!("{url}/api/events?channel=jobs&token=s3cret%20token")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let response = client.get(format!("{url}/api/jobs?token=s3cret%20token")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 401, "only SSE routes take the token from the URL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_bind_without_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sockets = tempfile::Builder::new().prefix("bt").tempdir_in("/tmp").unwrap();
+    let mut config = test_config(dir.path(), &sockets.path().join("s"));
+    config.server.bind = "0.0.0.0:0".parse().unwrap();
+    let error = match burro::AppServer::from_config(config).await {
+        Ok(_) => panic!("a public bind without a token must be refused"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("api_token"), "{error}");
+    assert!(error.contains("BURRO_API_TOKEN"), "{error}");
+}

@@ -56,6 +56,10 @@ pub struct ServerConfig {
     pub shim_path: Option<PathBuf>,
     /// Largest accepted request body, in bytes. Default 10 MiB.
     pub body_limit: usize,
+    /// Token that API requests must present (`Authorization: Bearer`).
+    /// `BURRO_API_TOKEN` overrides it. Required when `bind` is not a
+    /// loopback address. Default: none.
+    pub api_token: Option<String>,
     /// On SIGTERM or SIGINT, how long in-process jobs may run to completion
     /// before the server exits anyway. External jobs keep running. Default 30 s.
     #[serde(with = "serde_duration")]
@@ -70,6 +74,7 @@ impl Default for ServerConfig {
             database_url: None,
             shim_path: None,
             body_limit: DEFAULT_BODY_LIMIT,
+            api_token: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }

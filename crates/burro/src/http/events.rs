@@ -91,6 +91,8 @@ pub(crate) async fn channel_events(
     for (key, value) in params {
         match key.as_str() {
             "channel" => channels.extend(value.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_string)),
+            // Checked by the API token middleware.
+            "token" => {}
             other => {
                 return Err(ApiError::bad_request("unknown_parameter", format!("unknown query parameter {other:?}; expected channel")))
             }

@@ -1,5 +1,6 @@
 //! The HTTP API under `/api`, plus `/health`.
 
+mod auth;
 mod dashboard;
 mod error;
 mod events;
@@ -26,9 +27,11 @@ pub fn router(core: Core, body_limit: usize) -> Router {
         .route("/api/jobs/{id}/events", get(events::job_events))
         .route("/api/events", get(events::channel_events))
         .route("/health", get(jobs::health))
+        .route("/api/session", post(auth::session))
         .merge(dashboard::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(core.clone(), auth::require_token))
         .with_state(core)
 }

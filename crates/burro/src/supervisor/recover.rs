@@ -1,10 +1,10 @@
 //! Taking over external jobs after a server restart.
 //!
 //! A restarted server loads the external jobs that the store lists as
-//! running on this node. Each one ends in one of three ways: its shim reconnects within the
-//! reconnect window and the job goes on; its shim left an exit record, which
-//! is applied exactly as the frames would have been; or neither happens and
-//! the job is lost.
+//! running on this node. Each one ends in one of three ways. Its shim
+//! reconnects within the reconnect window and the job goes on. Or its shim
+//! left an exit record, which is applied exactly as the frames would have
+//! been. Or neither happens, and the job is lost.
 
 use super::run::Run;
 use super::{Inner, Supervisor};
