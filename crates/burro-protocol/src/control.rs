@@ -54,6 +54,35 @@ pub struct ShimSpec {
     /// not return within the linger time. Absent in specs of older servers.
     #[serde(default)]
     pub exit_dir: Option<String>,
+    /// Run `command` through `/bin/sh -c`; `args` become `$0`, `$1`, ...
+    #[serde(default)]
+    pub shell: bool,
+    /// Resource limits applied to the job process.
+    #[serde(default)]
+    pub limits: ResourceLimits,
+    /// User and group the job runs as; the shim itself keeps its identity.
+    #[serde(default)]
+    pub run_as: Option<RunAs>,
+}
+
+/// `setrlimit` values for the job; `None` leaves a limit as inherited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceLimits {
+    /// `RLIMIT_AS`, in bytes.
+    pub address_space: Option<u64>,
+    /// `RLIMIT_NOFILE`.
+    pub open_files: Option<u64>,
+    /// `RLIMIT_CPU`, in seconds.
+    pub cpu_seconds: Option<u64>,
+}
+
+/// Identity the job process takes before it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// First line of an exit record file; the frames the server never

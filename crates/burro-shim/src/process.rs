@@ -1,6 +1,6 @@
 //! Starting, signalling and reaping the job process and its descendants.
 
-use burro_protocol::control::{ExitReport, ShimSpec};
+use burro_protocol::control::{ExitReport, ResourceLimits, RunAs, ShimSpec};
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
@@ -11,14 +11,21 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
-/// Name of the variable that tells a job which inherited pipe it may write
+/// Name of the variable that names the inherited pipe a job may write
 /// message lines to.
 pub const MESSAGE_FD_VAR: &str = "BURRO_MESSAGE_FD";
 
 /// Builds the job's command: its own process group, the exact environment
 /// from the spec, and piped standard streams. Pure apart from the pipe fd.
 pub fn build_command(spec: &ShimSpec, message_fd: Option<RawFd>) -> Command {
-    let mut command = Command::new(&spec.command);
+    let mut command = if spec.shell {
+        // Only when configured: the command line is interpreted by sh.
+        let mut command = Command::new("/bin/sh");
+        command.arg("-c").arg(&spec.command);
+        command
+    } else {
+        Command::new(&spec.command)
+    };
     command
         .args(&spec.args)
         .env_clear()
@@ -29,6 +36,21 @@ pub fn build_command(spec: &ShimSpec, message_fd: Option<RawFd>) -> Command {
         .process_group(0);
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
+    }
+    let limits = spec.limits;
+    let run_as = spec.run_as;
+    if limits != ResourceLimits::default() || run_as.is_some() {
+        // SAFETY: setrlimit, setgroups, setgid and setuid are
+        // async-signal-safe system calls on values copied into the closure.
+        unsafe {
+            command.pre_exec(move || {
+                apply_limits(limits)?;
+                if let Some(identity) = run_as {
+                    drop_privileges(identity)?;
+                }
+                Ok(())
+            });
+        }
     }
     if let Some(fd) = message_fd {
         command.env(MESSAGE_FD_VAR, fd.to_string());
@@ -45,6 +67,37 @@ pub fn build_command(spec: &ShimSpec, message_fd: Option<RawFd>) -> Command {
         }
     }
     command
+}
+
+fn apply_limits(limits: ResourceLimits) -> io::Result<()> {
+    let set = |resource, value: Option<u64>| -> io::Result<()> {
+        let Some(value) = value else { return Ok(()) };
+        let limit = libc::rlimit {
+            rlim_cur: value as libc::rlim_t,
+            rlim_max: value as libc::rlim_t,
+        };
+        // SAFETY: setrlimit reads the struct, which lives for the call.
+        if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    set(libc::RLIMIT_AS, limits.address_space)?;
+    set(libc::RLIMIT_NOFILE, limits.open_files)?;
+    set(libc::RLIMIT_CPU, limits.cpu_seconds)
+}
+
+/// Switches the process to `identity`: supplementary groups first, then the
+/// group, then the user, because after setuid the others are not permitted.
+fn drop_privileges(identity: RunAs) -> io::Result<()> {
+    let groups = [identity.gid as libc::gid_t];
+    // SAFETY: plain system calls with values owned by this frame.
+    unsafe {
+        if libc::setgroups(1, groups.as_ptr()) != 0 || libc::setgid(identity.gid) != 0 || libc::setuid(identity.uid) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Creates a pipe whose both ends are close-on-exec.
@@ -80,7 +133,7 @@ pub fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// How the leader ended, observed without reaping it.
+/// End of the leader process, observed without reaping it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
     Code(i32),

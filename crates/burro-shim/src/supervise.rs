@@ -439,11 +439,18 @@ async fn bind_listener(spec: &ShimSpec) -> Result<(JobListener, String, Option<S
                     let _ = std::fs::remove_file(path);
                 }
             }
+            if let Some(identity) = spec.run_as {
+                prepare_user_dir(path, identity)?;
+            }
             let listener = tokio::net::UnixListener::bind(path)
                 .map_err(|err| format!("binding the job socket {path} failed: {err}"))?;
             // bind applies the umask, so set the mode on the path afterwards.
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
                 .map_err(|err| format!("setting mode 0600 on the job socket {path} failed: {err}"))?;
+            if let Some(identity) = spec.run_as {
+                std::os::unix::fs::chown(path, Some(identity.uid), Some(identity.gid))
+                    .map_err(|err| format!("giving the job socket {path} to uid {} failed: {err}", identity.uid))?;
+            }
             let inode = std::os::unix::fs::MetadataExt::ino(
                 &std::fs::symlink_metadata(path).map_err(|err| format!("checking the job socket {path} failed: {err}"))?,
             );
@@ -464,6 +471,22 @@ async fn bind_listener(spec: &ShimSpec) -> Result<(JobListener, String, Option<S
     }
 }
 
+/// Creates the per-job directory of a job that runs as another user: mode
+/// 0700 and owned by that user, so only the job (and root) can reach its
+/// socket. The parent directory is created by the server with mode 0711.
+fn prepare_user_dir(path: &str, identity: burro_protocol::control::RunAs) -> Result<(), String> {
+    let dir = std::path::Path::new(path).parent().ok_or_else(|| format!("the job socket path {path} has no directory"))?;
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(err) => return Err(format!("creating the job directory {} failed: {err}", dir.display())),
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|err| format!("setting mode 0700 on {} failed: {err}", dir.display()))?;
+    std::os::unix::fs::chown(dir, Some(identity.uid), Some(identity.gid))
+        .map_err(|err| format!("giving {} to uid {} failed: {err}", dir.display(), identity.uid))
+}
+
 fn remove_socket(socket_file: &Option<SocketFile>) {
     let Some(file) = socket_file else { return };
     let still_ours = std::fs::symlink_metadata(&file.path)
@@ -471,6 +494,14 @@ fn remove_socket(socket_file: &Option<SocketFile>) {
         .unwrap_or(false);
     if still_ours {
         let _ = std::fs::remove_file(&file.path);
+        // The per-job directory of a job run as another user goes too; for
+        // other jobs this is the shared socket directory, which is not empty
+        // while the control socket exists, so it stays.
+        if let Some(dir) = std::path::Path::new(&file.path).parent() {
+            if dir.file_name().is_some_and(|name| name.to_string_lossy().starts_with("job_")) {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
     }
 }
 

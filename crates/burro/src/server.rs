@@ -5,7 +5,7 @@ use crate::config::{Config, ExternalJobConfig, JobsConfig};
 use crate::events::{Events, EventsConfig};
 use crate::jobs::{JobLogs, Jobs, JobsError, JobsSettings, Live};
 use crate::sse::{Sse, SseConfig};
-use crate::store::{SqliteStore, Store};
+use crate::store::Store;
 use crate::supervisor::{Supervisor, SupervisorSettings};
 use axum::Router;
 use std::fs::File;
@@ -93,7 +93,7 @@ pub struct AppServer {
     core: Core,
     routes: Router,
     broadcast_job_events: bool,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     _lock: File,
 }
 
@@ -114,6 +114,11 @@ impl AppServer {
     pub async fn from_config(config: Config) -> Result<AppServer, ServerError> {
         config.validate().map_err(|e| ServerError::Setup(format!("invalid configuration: {e}")))?;
         let mut config = config;
+        if let Ok(url) = std::env::var("BURRO_DATABASE_URL") {
+            if !url.is_empty() {
+                config.server.database_url = Some(url);
+            }
+        }
         if let Ok(token) = std::env::var("BURRO_API_TOKEN") {
             if !token.is_empty() {
                 config.server.api_token = Some(token);
@@ -131,12 +136,13 @@ impl AppServer {
         let lock = lock_data_dir(&data_dir)?;
         let node_id = node_id(&data_dir)?;
 
-        let store = Arc::new(SqliteStore::open(&config.database_url()).await?);
+        let store = crate::store::open(&config.database_url(), config.server.database_pool_size).await?;
         let events = Events::new(EventsConfig::default());
         let sse = Sse::new(SseConfig::default());
         let live = Live::default();
         let logs = JobLogs::new(data_dir.join("logs"))
-            .map_err(|e| ServerError::Setup(format!("creating the log directory under {} failed: {e}", data_dir.display())))?;
+            .map_err(|e| ServerError::Setup(format!("creating the log directory under {} failed: {e}", data_dir.display())))?
+            .with_max_bytes(config.external.max_log_bytes);
         let dyn_store: Arc<dyn Store> = store.clone();
         let supervisor = Supervisor::start(SupervisorSettings::from_config(&config), events.clone(), live.clone(), logs.clone(), dyn_store.clone())
             .await
@@ -221,7 +227,7 @@ impl AppServer {
         self.core.jobs.recover_interrupted().await;
         self.core.jobs.start();
 
-        let app = crate::http::router(self.core.clone(), self.config.server.body_limit).merge(self.routes);
+        let app = crate::http::router(self.core.clone(), self.config.server.body_limit, &self.config.server.cors_origins).merge(self.routes);
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
         let serve = tokio::spawn(async move {
@@ -250,7 +256,7 @@ pub struct RunningServer {
     core: Core,
     shutdown: CancellationToken,
     serve: JoinHandle<()>,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     _lock: File,
 }
 

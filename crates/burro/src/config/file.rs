@@ -28,6 +28,8 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_JOB: usize = 64;
 pub const DEFAULT_TCP_PORT_RANGE: [u16; 2] = [49152, 65535];
 pub const DEFAULT_SHIM_LINGER: Duration = Duration::from_secs(600);
 pub const DEFAULT_MAX_LOG_LINE: usize = 64 * 1024;
+/// Default size at which a job log file is rotated.
+pub const DEFAULT_MAX_LOG_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_BODY_LIMIT: usize = 10 * 1024 * 1024;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -50,8 +52,11 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     /// Directory for the SQLite file, job logs and shim logs. Default `.burro`.
     pub data_dir: PathBuf,
-    /// `sqlite://PATH`; default `sqlite://<data_dir>/jobs.db`.
+    /// `sqlite://PATH` or `postgres://USER@HOST/DATABASE`; default
+    /// `sqlite://<data_dir>/jobs.db`. `BURRO_DATABASE_URL` overrides it.
     pub database_url: Option<String>,
+    /// Connections per node to a PostgreSQL database. Default 10.
+    pub database_pool_size: u32,
     /// Path of the `burro-shim` binary; default: beside the running executable.
     pub shim_path: Option<PathBuf>,
     /// Largest accepted request body, in bytes. Default 10 MiB.
@@ -60,6 +65,9 @@ pub struct ServerConfig {
     /// `BURRO_API_TOKEN` overrides it. Required when `bind` is not a
     /// loopback address. Default: none.
     pub api_token: Option<String>,
+    /// Origins allowed to call the API from a browser on another origin,
+    /// such as `["https://app.example.com"]`. Default: none (CORS off).
+    pub cors_origins: Vec<String>,
     /// On SIGTERM or SIGINT, how long in-process jobs may run to completion
     /// before the server exits anyway. External jobs keep running. Default 30 s.
     #[serde(with = "serde_duration")]
@@ -72,9 +80,11 @@ impl Default for ServerConfig {
             bind: DEFAULT_BIND.parse().expect("default bind address parses"),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             database_url: None,
+            database_pool_size: crate::store::DEFAULT_POOL_SIZE,
             shim_path: None,
             body_limit: DEFAULT_BODY_LIMIT,
             api_token: None,
+            cors_origins: Vec::new(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
@@ -257,6 +267,10 @@ pub struct ExternalConfig {
     /// Maximum stdout or stderr line kept whole, in bytes. Longer lines are
     /// split. Default 64 KiB.
     pub max_log_line: usize,
+    /// Size in bytes at which a job's log file `<id>.log` is renamed to
+    /// `<id>.log.1`, replacing an older one, and a new file is started.
+    /// Default 64 MiB.
+    pub max_log_bytes: u64,
     /// How long a restarted server waits for the shims of jobs that were
     /// running to reconnect; default: twice each job's heartbeat timeout.
     #[serde(default, with = "serde_duration_option")]
@@ -281,6 +295,7 @@ impl Default for ExternalConfig {
             max_connections_per_job: DEFAULT_MAX_CONNECTIONS_PER_JOB,
             message_fd: true,
             max_log_line: DEFAULT_MAX_LOG_LINE,
+            max_log_bytes: DEFAULT_MAX_LOG_BYTES,
             shim_linger: DEFAULT_SHIM_LINGER,
             reconnect_window: None,
         }
@@ -322,6 +337,26 @@ pub struct ExternalJobConfig {
     /// Default: `[jobs] max_attempts`.
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// Run `command` through `/bin/sh -c` (then `args` are `$0`, `$1`, ...).
+    /// Default false: the command is executed directly, never by a shell.
+    #[serde(default)]
+    pub shell: bool,
+    /// Maximum address space of the job process, in bytes (`RLIMIT_AS`).
+    #[serde(default)]
+    pub limit_address_space: Option<u64>,
+    /// Maximum open file descriptors of the job process (`RLIMIT_NOFILE`).
+    #[serde(default)]
+    pub limit_open_files: Option<u64>,
+    /// Maximum CPU time of the job process, in seconds (`RLIMIT_CPU`).
+    #[serde(default)]
+    pub limit_cpu_seconds: Option<u64>,
+    /// User name or uid the job runs as. Only a server running as root can
+    /// set it; the shim drops privileges for the job process only.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Group name or gid the job runs as; default: the user's primary group.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// A configuration that could not be loaded.
@@ -436,6 +471,11 @@ impl Config {
         if self.external.max_connections_per_job == 0 {
             return Err("external.max_connections_per_job is 0: it must be at least 1".into());
         }
+        for origin in &self.server.cors_origins {
+            if origin.parse::<axum::http::HeaderValue>().is_err() || !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(format!("server.cors_origins contains {origin:?}: expected an origin such as \"https://app.example.com\""));
+            }
+        }
         if self.jobs.poll_interval < std::time::Duration::from_millis(10) {
             return Err("jobs.poll_interval must be at least 10ms".into());
         }
@@ -444,6 +484,9 @@ impl Config {
         }
         if self.external.max_log_line < 256 {
             return Err(format!("external.max_log_line is {}: it must be at least 256", self.external.max_log_line));
+        }
+        if self.external.max_log_bytes < 4096 {
+            return Err(format!("external.max_log_bytes is {}: it must be at least 4096", self.external.max_log_bytes));
         }
         if self.external.default_heartbeat_timeout.is_zero() {
             return Err("external.default_heartbeat_timeout must be greater than 0".into());
@@ -562,6 +605,16 @@ mod tests {
         assert!(config.validate().unwrap_err().contains("jobs.concurrency"));
         let config = Config::parse("[external_jobs.external]\ncommand = \"x\"\n").unwrap();
         assert!(config.validate().unwrap_err().contains("reserved"));
+    }
+
+    #[test]
+    fn max_log_bytes_is_validated() {
+        assert_eq!(Config::parse("").unwrap().external.max_log_bytes, 64 * 1024 * 1024);
+        let config = Config::parse("[external]\nmax_log_bytes = 1048576\n").unwrap();
+        assert_eq!(config.external.max_log_bytes, 1024 * 1024);
+        config.validate().unwrap();
+        let config = Config::parse("[external]\nmax_log_bytes = 100\n").unwrap();
+        assert!(config.validate().unwrap_err().contains("external.max_log_bytes"));
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! parameter. A token in a URL can end up in proxy logs and browser history,
 //! which is why the cookie is preferred.
 
-use super::error::ApiError;
+use super::error::{json_rejection, ApiError};
 use crate::server::Core;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -94,7 +95,12 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// `POST /api/session` with `{"token": "..."}`: sets the dashboard's cookie.
-pub(crate) async fn session(State(core): State<Core>, body: Option<Json<Value>>) -> Response {
+/// The body may be absent. A body that is not valid JSON gets a JSON error.
+pub(crate) async fn session(State(core): State<Core>, body: Result<Option<Json<Value>>, JsonRejection>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return json_rejection(rejection).into_response(),
+    };
     let Some(expected) = core.api_token.as_deref() else {
         return StatusCode::NO_CONTENT.into_response();
     };

@@ -59,3 +59,15 @@ pub(crate) async fn method_not_allowed(method: axum::http::Method, uri: axum::ht
 pub(crate) fn query_rejection(rejection: axum::extract::rejection::QueryRejection) -> ApiError {
     ApiError::bad_request("invalid_query", format!("invalid query string: {}", rejection.body_text()))
 }
+
+/// Maps a rejected JSON body to a JSON error: 413, 415, or 400 `invalid_json`.
+pub(crate) fn json_rejection(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::new(status, "payload_too_large", "request body is over the size limit ([server] body_limit)");
+    }
+    if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        return ApiError::new(status, "unsupported_media_type", "expected a JSON body with content-type: application/json");
+    }
+    ApiError::bad_request("invalid_json", format!("invalid JSON body: {}", rejection.body_text()))
+}

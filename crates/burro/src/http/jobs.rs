@@ -1,6 +1,6 @@
 //! Job endpoints.
 
-use super::error::ApiError;
+use super::error::{json_rejection, ApiError};
 use crate::clock::{now_ms, parse_time};
 use crate::config::parse_duration;
 use crate::jobs::{CancelResult, EnqueueOptions, JobsError};
@@ -17,6 +17,11 @@ use std::time::Duration;
 
 const CREATE_FIELDS: &str = "name, data, maxAttempts, runAt, timeout";
 
+/// Largest `timeout` in milliseconds, the same bound as a duration string.
+/// The store keeps milliseconds as a signed 64-bit integer, so larger values
+/// would not survive the round trip.
+const MAX_TIMEOUT_MS: u64 = 1_000_000_000_000_000;
+
 fn jobs_error(err: JobsError) -> ApiError {
     match err {
         JobsError::UnknownJob { .. } => ApiError::bad_request("unknown_job", err.to_string()),
@@ -26,17 +31,6 @@ fn jobs_error(err: JobsError) -> ApiError {
         JobsError::NotRetryable(_) => ApiError::new(StatusCode::CONFLICT, "not_retryable", err.to_string()),
         JobsError::AlreadyRegistered(_) | JobsError::Store(_) => ApiError::internal(err),
     }
-}
-
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    let status = rejection.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::new(status, "payload_too_large", "request body is over the size limit ([server] body_limit)");
-    }
-    if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
-        return ApiError::new(status, "unsupported_media_type", "expected a JSON body with content-type: application/json");
-    }
-    ApiError::bad_request("invalid_json", format!("invalid JSON body: {}", rejection.body_text()))
 }
 
 /// `POST /api/jobs` with `{name, data, maxAttempts?, runAt?, timeout?}`.
@@ -81,9 +75,14 @@ fn enqueue_options(fields: &mut Map<String, Value>) -> Result<EnqueueOptions, Ap
     }
     match fields.remove("timeout") {
         None | Some(Value::Null) => {}
-        Some(Value::Number(n)) => match n.as_u64().filter(|v| *v > 0) {
+        Some(Value::Number(n)) => match n.as_u64().filter(|v| (1..=MAX_TIMEOUT_MS).contains(v)) {
             Some(ms) => options.timeout = Some(Duration::from_millis(ms)),
-            None => return Err(ApiError::bad_request("invalid_field", format!("field \"timeout\" is {n}: expected milliseconds greater than 0 or a string such as \"30s\""))),
+            None => {
+                return Err(ApiError::bad_request(
+                    "invalid_field",
+                    format!("field \"timeout\" is {n}: expected milliseconds from 1 to {MAX_TIMEOUT_MS} or a string such as \"30s\""),
+                ))
+            }
         },
         Some(Value::String(text)) => {
             let limit = parse_duration(&text).map_err(|e| ApiError::bad_request("invalid_field", format!("field \"timeout\": {e}")))?;

@@ -242,6 +242,7 @@ pub(crate) fn external_of(shared: &Shared, job: &Job) -> super::service::Externa
                 config: Default::default(),
                 heartbeat_timeout: defaults.default_heartbeat_timeout,
                 kill_grace: defaults.kill_grace,
+                run_as: None,
             }
         }
     }

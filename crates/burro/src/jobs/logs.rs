@@ -3,6 +3,10 @@
 //! Each entry records the time, attempt, source (`stdout`, `stderr` or
 //! `log`), level and message. The server is the only writer of a job's
 //! file, so entries of one job never interleave.
+//!
+//! A file that would grow past the size cap is renamed to `<id>.log.1`,
+//! replacing an older one, and a new `<id>.log` is started. A job therefore
+//! keeps at most about twice the cap on disk.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -25,10 +29,14 @@ pub struct LogEntry {
     pub data: Option<Value>,
 }
 
+/// Default size cap of one job log file: 64 MiB.
+pub const DEFAULT_MAX_LOG_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Location of the job log files.
 #[derive(Debug, Clone)]
 pub struct JobLogs {
     dir: PathBuf,
+    max_bytes: u64,
 }
 
 impl JobLogs {
@@ -39,7 +47,22 @@ impl JobLogs {
     /// Returns the I/O error of creating the directory.
     pub fn new(dir: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            max_bytes: DEFAULT_MAX_LOG_BYTES,
+        })
+    }
+
+    /// Sets the size at which a job's log file is rotated.
+    #[must_use]
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes.max(1);
+        self
+    }
+
+    /// Returns the size at which a job's log file is rotated.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
     }
 
     /// Returns the path of a job's log file.
@@ -47,28 +70,46 @@ impl JobLogs {
         self.dir.join(format!("{job_id}.log"))
     }
 
-    /// Opens a job's log for appending.
-    pub fn writer(&self, job_id: &str) -> LogWriter {
-        LogWriter::open(&self.path(job_id))
+    /// Returns the path of a job's previous log file, the one rotated out.
+    pub fn rotated_path(&self, job_id: &str) -> PathBuf {
+        rotated(&self.path(job_id))
     }
 
-    /// Reads the last `tail` entries of a job's log (all when `None`).
-    /// A missing file is an empty log; unreadable lines are skipped.
+    /// Opens a job's log for appending.
+    pub fn writer(&self, job_id: &str) -> LogWriter {
+        LogWriter::open(&self.path(job_id), self.max_bytes)
+    }
+
+    /// Reads the last `tail` entries of a job's log (all when `None`): the
+    /// rotated file first, then the current one. A missing file is an empty
+    /// log; unreadable lines are skipped.
     pub fn read(&self, job_id: &str, tail: Option<usize>) -> Vec<LogEntry> {
-        let Ok(file) = File::open(self.path(job_id)) else {
-            return Vec::new();
-        };
         let mut entries = std::collections::VecDeque::new();
-        for line in BufReader::new(file).lines().map_while(Result::ok) {
-            if let Ok(entry) = serde_json::from_str::<LogEntry>(&line) {
-                entries.push_back(entry);
-                if tail.is_some_and(|limit| entries.len() > limit) {
-                    entries.pop_front();
+        for path in [self.rotated_path(job_id), self.path(job_id)] {
+            let Ok(file) = File::open(path) else { continue };
+            for line in BufReader::new(file).split(b'\n').map_while(Result::ok) {
+                if let Ok(entry) = serde_json::from_slice::<LogEntry>(&line) {
+                    entries.push_back(entry);
+                    if tail.is_some_and(|limit| entries.len() > limit) {
+                        entries.pop_front();
+                    }
                 }
             }
         }
         entries.into()
     }
+
+    /// Removes a job's log files, the rotated one included.
+    pub fn remove(&self, job_id: &str) {
+        let _ = std::fs::remove_file(self.path(job_id));
+        let _ = std::fs::remove_file(self.rotated_path(job_id));
+    }
+}
+
+fn rotated(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
 }
 
 /// Buffered appender of one job's log. Write failures are logged once and
@@ -77,32 +118,67 @@ pub struct LogWriter {
     path: PathBuf,
     file: Option<BufWriter<File>>,
     failed: bool,
+    /// Size of the current file, counting buffered entries.
+    size: u64,
+    max_bytes: u64,
 }
 
 impl LogWriter {
-    fn open(path: &Path) -> Self {
+    fn open(path: &Path, max_bytes: u64) -> Self {
         let file = OpenOptions::new().create(true).append(true).open(path);
-        let (file, failed) = match file {
-            Ok(file) => (Some(BufWriter::with_capacity(16 * 1024, file)), false),
+        let (file, size, failed) = match file {
+            Ok(file) => {
+                let size = file.metadata().map(|meta| meta.len()).unwrap_or(0);
+                (Some(BufWriter::with_capacity(16 * 1024, file)), size, false)
+            }
             Err(err) => {
                 tracing::warn!(path = %path.display(), error = %err, "opening the job log failed; its lines are not stored");
-                (None, true)
+                (None, 0, true)
             }
         };
         Self {
             path: path.to_path_buf(),
             file,
             failed,
+            size,
+            max_bytes,
         }
     }
 
-    /// Appends one entry.
+    /// Appends one entry. When the entry would take a non-empty file past
+    /// the size cap, the file is rotated first. An entry larger than the
+    /// cap is written whole to a new file.
     pub fn append(&mut self, entry: &LogEntry) {
-        let Some(file) = self.file.as_mut() else { return };
+        if self.file.is_none() {
+            return;
+        }
         let mut line = serde_json::to_vec(entry).expect("log entry serializes");
         line.push(b'\n');
-        if let Err(err) = file.write_all(&line) {
+        if self.size > 0 && self.size.saturating_add(line.len() as u64) > self.max_bytes {
+            self.rotate();
+        }
+        let Some(file) = self.file.as_mut() else { return };
+        match file.write_all(&line) {
+            Ok(()) => self.size += line.len() as u64,
+            Err(err) => self.report(err),
+        }
+    }
+
+    /// Renames the current file to `<name>.1` and starts an empty one. When
+    /// the rename fails, writing goes on in the current file.
+    fn rotate(&mut self) {
+        self.flush();
+        if let Err(err) = std::fs::rename(&self.path, rotated(&self.path)) {
             self.report(err);
+            return;
+        }
+        self.file = None;
+        match OpenOptions::new().create(true).append(true).open(&self.path) {
+            Ok(file) => {
+                self.file = Some(BufWriter::with_capacity(16 * 1024, file));
+                self.size = 0;
+            }
+            Err(err) => self.report(err),
         }
     }
 
@@ -126,5 +202,114 @@ impl LogWriter {
 impl Drop for LogWriter {
     fn drop(&mut self) {
         self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: usize) -> LogEntry {
+        LogEntry {
+            ts: 1,
+            attempt: 1,
+            stream: "stdout".into(),
+            level: "info".into(),
+            message: format!("line {n:04}"),
+            data: None,
+        }
+    }
+
+    fn entry_len() -> u64 {
+        serde_json::to_vec(&entry(0)).unwrap().len() as u64 + 1
+    }
+
+    fn messages(entries: &[LogEntry]) -> Vec<String> {
+        entries.iter().map(|entry| entry.message.clone()).collect()
+    }
+
+    #[test]
+    fn small_file_not_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = JobLogs::new(dir.path().to_path_buf()).unwrap().with_max_bytes(10 * entry_len());
+        let mut writer = logs.writer("j");
+        for n in 0..10 {
+            writer.append(&entry(n));
+        }
+        drop(writer);
+        assert!(!logs.rotated_path("j").exists());
+        assert_eq!(std::fs::metadata(logs.path("j")).unwrap().len(), 10 * entry_len());
+        assert_eq!(logs.read("j", None).len(), 10);
+    }
+
+    #[test]
+    fn rotation_keeps_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = JobLogs::new(dir.path().to_path_buf()).unwrap().with_max_bytes(10 * entry_len());
+        let mut writer = logs.writer("j");
+        for n in 0..25 {
+            writer.append(&entry(n));
+        }
+        drop(writer);
+
+        // 25 entries with room for 10 per file: 0-9 were dropped with the
+        // first rotated file, 10-19 are in .log.1, 20-24 in .log.
+        let current = std::fs::metadata(logs.path("j")).unwrap().len();
+        let previous = std::fs::metadata(logs.rotated_path("j")).unwrap().len();
+        assert_eq!(current, 5 * entry_len());
+        assert_eq!(previous, 10 * entry_len());
+        let all = messages(&logs.read("j", None));
+        let expected: Vec<String> = (10..25).map(|n| format!("line {n:04}")).collect();
+        assert_eq!(all, expected);
+        let tail = messages(&logs.read("j", Some(7)));
+        assert_eq!(tail, expected[8..].to_vec());
+    }
+
+    #[test]
+    fn reopened_writer_counts_existing_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = JobLogs::new(dir.path().to_path_buf()).unwrap().with_max_bytes(4 * entry_len());
+        for n in 0..3 {
+            let mut writer = logs.writer("j");
+            writer.append(&entry(2 * n));
+            writer.append(&entry(2 * n + 1));
+        }
+        // The second writer filled the file to the cap, the third rotated it.
+        assert_eq!(messages(&logs.read("j", None)).len(), 6);
+        assert_eq!(std::fs::metadata(logs.path("j")).unwrap().len(), 2 * entry_len());
+        assert_eq!(std::fs::metadata(logs.rotated_path("j")).unwrap().len(), 4 * entry_len());
+    }
+
+    #[test]
+    fn oversized_entry_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = JobLogs::new(dir.path().to_path_buf()).unwrap().with_max_bytes(64);
+        let mut writer = logs.writer("j");
+        let mut big = entry(1);
+        big.message = "x".repeat(500);
+        writer.append(&entry(0));
+        writer.append(&big);
+        writer.append(&entry(2));
+        drop(writer);
+        let all = logs.read("j", None);
+        // Entry 0 went to .log.1 first and the big entry replaced it there.
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].message.len(), 500);
+        assert_eq!(all[1].message, "line 0002");
+    }
+
+    #[test]
+    fn remove_deletes_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = JobLogs::new(dir.path().to_path_buf()).unwrap().with_max_bytes(entry_len());
+        let mut writer = logs.writer("j");
+        writer.append(&entry(0));
+        writer.append(&entry(1));
+        drop(writer);
+        assert!(logs.rotated_path("j").exists());
+        logs.remove("j");
+        assert!(!logs.path("j").exists());
+        assert!(!logs.rotated_path("j").exists());
+        assert!(logs.read("j", None).is_empty());
     }
 }

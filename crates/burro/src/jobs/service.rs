@@ -38,6 +38,8 @@ pub struct ExternalJob {
     pub config: ExternalJobConfig,
     pub heartbeat_timeout: Duration,
     pub kill_grace: Duration,
+    /// The resolved `user` and `group` of the configuration.
+    pub run_as: Option<burro_protocol::control::RunAs>,
 }
 
 pub(crate) enum Registration {
@@ -73,6 +75,39 @@ pub enum CancelResult {
     Requested(JobView),
     /// The job had already finished and was left as it is.
     AlreadyFinished(JobView),
+}
+
+/// Resolves the `user` and `group` of an external job to ids.
+fn resolve_identity(name: &str, config: &ExternalJobConfig) -> Result<Option<burro_protocol::control::RunAs>, JobsError> {
+    use nix::unistd::{Group, Uid, User};
+    let invalid = |message: String| JobsError::InvalidOption(format!("external job {name:?}: {message}"));
+    let Some(user_text) = config.user.as_deref() else {
+        if config.group.is_some() {
+            return Err(invalid("group is set without user; set user too".into()));
+        }
+        return Ok(None);
+    };
+    if !Uid::effective().is_root() {
+        return Err(invalid(format!("user = {user_text:?} needs a server running as root; remove it or run burro as root")));
+    }
+    let user = match user_text.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(user_text),
+    }
+    .map_err(|err| invalid(format!("looking up user {user_text:?} failed: {err}")))?
+    .ok_or_else(|| invalid(format!("user {user_text:?} not found")))?;
+    let gid = match config.group.as_deref() {
+        None => user.gid.as_raw(),
+        Some(group_text) => match group_text.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => Group::from_name(group_text)
+                .map_err(|err| invalid(format!("looking up group {group_text:?} failed: {err}")))?
+                .ok_or_else(|| invalid(format!("group {group_text:?} not found")))?
+                .gid
+                .as_raw(),
+        },
+    };
+    Ok(Some(burro_protocol::control::RunAs { uid: user.uid.as_raw(), gid }))
 }
 
 /// Deleted rows per retention batch.
@@ -219,10 +254,12 @@ impl Jobs {
             return Err(JobsError::InvalidOption(format!("external job {name:?}: command is empty")));
         }
         let defaults = self.shared.supervisor.settings();
+        let run_as = resolve_identity(name, &config)?;
         let job = ExternalJob {
             name: name.to_string(),
             heartbeat_timeout: config.heartbeat_timeout.unwrap_or(defaults.default_heartbeat_timeout),
             kill_grace: config.kill_grace.unwrap_or(defaults.kill_grace),
+            run_as,
             config,
         };
         self.insert(name, Registration::External(Arc::new(job)))
@@ -486,7 +523,7 @@ impl Jobs {
         loop {
             let ids = self.shared.store.jobs_purge(statuses, before, PURGE_BATCH).await?;
             for id in &ids {
-                let _ = std::fs::remove_file(self.shared.logs.path(id));
+                self.shared.logs.remove(id);
             }
             deleted += ids.len() as u64;
             if ids.len() < PURGE_BATCH as usize {

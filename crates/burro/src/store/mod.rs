@@ -1,14 +1,17 @@
 //! Persistence of jobs behind one trait.
 //!
-//! [`Store`] is implemented by [`SqliteStore`] (embedded default). Methods
+//! [`Store`] is implemented by [`SqliteStore`] (embedded default) and
+//! [`PostgresStore`] (several nodes on one database). Methods
 //! are named noun first (`job_claim`, `job_finish`) and take their
 //! parameters in structs, so another implementation can follow the same
 //! contract.
 
 mod model;
+mod postgres;
 mod sqlite;
 
 pub use model::*;
+pub use postgres::{PostgresStore, DEFAULT_POOL_SIZE};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -79,4 +82,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Returns the earliest `run_at` of waiting jobs with one of `names`.
     async fn job_next_run_at(&self, names: &[String]) -> Result<Option<i64>, StoreError>;
+
+    /// Closes the store's connections, waiting for queued writes.
+    async fn close(&self) {}
+}
+
+/// Opens the store a database URL names: `sqlite://PATH` or
+/// `postgres://...` (also `postgresql://`).
+///
+/// # Errors
+///
+/// Returns [`StoreError::Url`] for another scheme, or the store's own error.
+pub async fn open(url: &str, pool_size: u32) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(PostgresStore::open(url, pool_size, None).await?))
+    } else {
+        Err(StoreError::Url {
+            url: url.split('@').next_back().unwrap_or_default().to_string(),
+            message: "expected sqlite://PATH or postgres://USER@HOST/DATABASE".into(),
+        })
+    }
 }

@@ -359,6 +359,10 @@ impl Store for SqliteStore {
         rows.iter().map(job_from_row).collect()
     }
 
+    async fn close(&self) {
+        SqliteStore::close(self).await;
+    }
+
     async fn job_next_run_at(&self, names: &[String]) -> Result<Option<i64>, StoreError> {
         if names.is_empty() {
             return Ok(None);

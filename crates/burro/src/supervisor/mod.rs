@@ -177,6 +177,18 @@ impl Supervisor {
             tracing::warn!(job_id = %job.id, error = %err, "recording the shim token failed");
         }
 
+        if external.run_as.is_some() {
+            if let Err(error) = socket_dir::prepare_users_dir(&self.inner.settings.socket_dir) {
+                run.deliver(ExitSummary {
+                    report: Some(ExitReport {
+                        spawn_error: Some(error),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+                return exit_rx.await.unwrap_or_default();
+            }
+        }
         let env = job_environment(server_environment(), external, &job.id);
         let spec = shim_spec(&self.inner.settings, job, external, &token, env);
         if let Err(error) = self.spawn_shim(&spec, run.clone()).await {

@@ -13,6 +13,61 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// Maximum number of stdout and stderr lines of one job sent as
+/// `job.external.log` events per second. Lines over this rate are still
+/// written to the job log.
+pub(crate) const OUTPUT_EVENTS_PER_SECOND: u32 = 1000;
+
+/// Per-second budget of output events of one job. Lines over the budget are
+/// counted, and the count is reported once the second is over.
+struct OutputRate {
+    limit: u32,
+    window_start: Instant,
+    sent: u32,
+    dropped: u64,
+}
+
+impl OutputRate {
+    fn new(limit: u32, now: Instant) -> Self {
+        OutputRate {
+            limit,
+            window_start: now,
+            sent: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Starts a new window when the current one is a second old. Returns
+    /// the number of lines dropped in the window that ended, if any.
+    fn roll(&mut self, now: Instant) -> Option<u64> {
+        if now.saturating_duration_since(self.window_start) < Duration::from_secs(1) {
+            return None;
+        }
+        self.window_start = now;
+        self.sent = 0;
+        self.take_dropped()
+    }
+
+    /// Counts one line; returns true when it may be sent as an event.
+    fn admit(&mut self) -> bool {
+        if self.sent < self.limit {
+            self.sent += 1;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+
+    /// Returns and resets the number of lines dropped so far, if any.
+    fn take_dropped(&mut self) -> Option<u64> {
+        match std::mem::take(&mut self.dropped) {
+            0 => None,
+            dropped => Some(dropped),
+        }
+    }
+}
+
 /// Result of a heartbeat check.
 pub(crate) enum Liveness {
     Healthy,
@@ -35,6 +90,7 @@ struct State {
     /// A KILL to send as soon as the shim is connected.
     kill_pending: Option<String>,
     log: LogWriter,
+    output_rate: OutputRate,
     /// True for a run taken over after a server restart, until its shim
     /// reconnects.
     awaiting_reconnect: bool,
@@ -87,6 +143,7 @@ impl Run {
                 shim_exited: false,
                 kill_pending: None,
                 log,
+                output_rate: OutputRate::new(OUTPUT_EVENTS_PER_SECOND, Instant::now()),
                 awaiting_reconnect: false,
                 ever_attached: false,
                 first_decisive_seq: None,
@@ -315,6 +372,16 @@ impl Run {
     /// Applies one frame forwarded by the shim.
     pub async fn process(self: &Arc<Self>, inner: &Inner, frame: ShimFrame) {
         let seq = frame.seq();
+        let due = self.lock().output_rate.roll(Instant::now());
+        if let Some(dropped) = due {
+            self.report_dropped(inner, seq, dropped).await;
+        }
+        if matches!(frame, ShimFrame::Exit { .. }) {
+            let left = self.lock().output_rate.take_dropped();
+            if let Some(dropped) = left {
+                self.report_dropped(inner, seq, dropped).await;
+            }
+        }
         match frame {
             ShimFrame::Hello(_) => {}
             ShimFrame::Message { conn, line, .. } => self.on_message(inner, seq, conn, &line).await,
@@ -360,12 +427,33 @@ impl Run {
         if text.ends_with('\r') {
             text.pop();
         }
-        self.lock().log.append(&self.entry(stream, level, text.clone()));
+        let send = {
+            let mut state = self.lock();
+            state.log.append(&self.entry(stream, level, text.clone()));
+            state.output_rate.admit()
+        };
+        if !send {
+            return;
+        }
         inner
             .events
             .emit(
                 "job.external.log",
                 json!({"jobId": self.job_id, "name": self.name, "level": level, "message": text, "data": Value::Null, "stream": stream, "attempt": self.attempt, "seq": seq}),
+            )
+            .await;
+    }
+
+    /// Emits the one `log` event that counts the output lines sent to the
+    /// job log but not as events.
+    async fn report_dropped(&self, inner: &Inner, seq: u64, dropped: u64) {
+        tracing::debug!(job_id = %self.job_id, dropped, "output lines over the event rate were not sent as events");
+        let message = format!("{dropped} output lines over {OUTPUT_EVENTS_PER_SECOND} per second were written to the job log but not sent as events");
+        inner
+            .events
+            .emit(
+                "job.external.log",
+                json!({"jobId": self.job_id, "name": self.name, "level": "warn", "message": message, "data": {"dropped": dropped}, "stream": "log", "attempt": self.attempt, "seq": seq}),
             )
             .await;
     }
@@ -457,5 +545,49 @@ impl Run {
                 run.request_kill(KillReason::Finished, false);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_admits_limit_per_second() {
+        let start = Instant::now();
+        let mut rate = OutputRate::new(3, start);
+        assert_eq!(rate.roll(start), None);
+        let admitted: Vec<bool> = (0..5).map(|_| rate.admit()).collect();
+        assert_eq!(admitted, [true, true, true, false, false]);
+        // Within the same second nothing is reported yet.
+        assert_eq!(rate.roll(start + Duration::from_millis(999)), None);
+        assert!(!rate.admit());
+        // The next second reports the three dropped lines once and admits again.
+        let next = start + Duration::from_secs(1);
+        assert_eq!(rate.roll(next), Some(3));
+        assert_eq!(rate.roll(next), None);
+        assert!(rate.admit());
+    }
+
+    #[test]
+    fn rate_without_drops_reports_nothing() {
+        let start = Instant::now();
+        let mut rate = OutputRate::new(10, start);
+        for _ in 0..10 {
+            assert!(rate.admit());
+        }
+        assert_eq!(rate.roll(start + Duration::from_secs(2)), None);
+        assert_eq!(rate.take_dropped(), None);
+    }
+
+    #[test]
+    fn take_dropped_resets_count() {
+        let start = Instant::now();
+        let mut rate = OutputRate::new(1, start);
+        assert!(rate.admit());
+        assert!(!rate.admit());
+        assert_eq!(rate.take_dropped(), Some(1));
+        assert_eq!(rate.take_dropped(), None);
+        assert_eq!(rate.roll(start + Duration::from_secs(1)), None);
     }
 }

@@ -63,14 +63,60 @@ pub fn job_socket_path(dir: &Path, job_id: &str) -> std::path::PathBuf {
     dir.join(format!("job_{job_id}.sock"))
 }
 
+/// Returns the directory that holds the per-job directories of jobs that
+/// run as another user: `<socket_dir>-users`, mode 0711, so those users can
+/// pass through it to their own directory without listing it.
+pub fn users_dir(dir: &Path) -> std::path::PathBuf {
+    let mut name = dir.as_os_str().to_owned();
+    name.push("-users");
+    std::path::PathBuf::from(name)
+}
+
+/// Returns the socket path of a job that runs as another user.
+pub fn user_job_socket_path(dir: &Path, job_id: &str) -> std::path::PathBuf {
+    users_dir(dir).join(format!("job_{job_id}")).join("job.sock")
+}
+
+/// Creates the users directory with mode 0711, or checks that the existing
+/// one is a real directory owned by this user with that mode.
+///
+/// # Errors
+///
+/// Returns a message naming the directory and the check that failed.
+pub fn prepare_users_dir(dir: &Path) -> Result<(), String> {
+    let users = users_dir(dir);
+    match std::fs::symlink_metadata(&users) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .mode(0o711)
+                .create(&users)
+                .map_err(|e| format!("creating the directory {} failed: {e}", users.display()))?;
+        }
+        Err(err) => return Err(format!("checking the directory {} failed: {err}", users.display())),
+        Ok(meta) if meta.file_type().is_symlink() || !meta.is_dir() => {
+            return Err(format!("{} must be a directory, not a link or a file", users.display()));
+        }
+        Ok(meta) if meta.uid() != nix::unistd::geteuid().as_raw() => {
+            return Err(format!("{} is owned by uid {}, not by this server", users.display(), meta.uid()));
+        }
+        Ok(_) => {}
+    }
+    std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| format!("setting mode 0711 on {} failed: {e}", users.display()))
+}
+
 /// Checks that the longest socket path fits the Unix limit.
 ///
 /// # Errors
 ///
 /// Returns a message with the directory, the length and the limit.
 pub fn check_socket_path_length(dir: &Path) -> Result<(), String> {
-    let longest = job_socket_path(dir, &"x".repeat(MAX_JOB_ID_LEN));
-    let length = longest.as_os_str().len();
+    let id = "x".repeat(MAX_JOB_ID_LEN);
+    // Jobs that run as another user have the longer path.
+    let length = job_socket_path(dir, &id)
+        .as_os_str()
+        .len()
+        .max(user_job_socket_path(dir, &id).as_os_str().len());
     if length > UNIX_SOCKET_PATH_MAX {
         return Err(format!(
             "socket paths under {} would be {length} bytes long, over the Unix limit of {UNIX_SOCKET_PATH_MAX}; \

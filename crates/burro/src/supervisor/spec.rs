@@ -36,6 +36,9 @@ pub fn job_environment(
 /// Builds the spec of one attempt.
 pub fn shim_spec(settings: &SupervisorSettings, job: &Job, external: &ExternalJob, token: &str, env: Vec<(String, String)>) -> ShimSpec {
     let transport = match settings.transport {
+        Transport::Unix if external.run_as.is_some() => TransportSpec::Unix {
+            path: super::socket_dir::user_job_socket_path(&settings.socket_dir, &job.id).display().to_string(),
+        },
         Transport::Unix => TransportSpec::Unix {
             path: super::socket_dir::job_socket_path(&settings.socket_dir, &job.id).display().to_string(),
         },
@@ -67,6 +70,13 @@ pub fn shim_spec(settings: &SupervisorSettings, job: &Job, external: &ExternalJo
         max_log_line: settings.max_log_line,
         linger_ms: settings.shim_linger.as_millis() as u64,
         exit_dir: Some(settings.exit_dir.display().to_string()),
+        shell: external.config.shell,
+        limits: burro_protocol::control::ResourceLimits {
+            address_space: external.config.limit_address_space,
+            open_files: external.config.limit_open_files,
+            cpu_seconds: external.config.limit_cpu_seconds,
+        },
+        run_as: external.run_as,
     }
 }
 
@@ -89,6 +99,7 @@ mod tests {
             config,
             heartbeat_timeout: Duration::from_secs(30),
             kill_grace: Duration::from_secs(5),
+            run_as: None,
         };
         let server = vec![
             ("PATH".to_string(), "/usr/bin".to_string()),

@@ -1,0 +1,367 @@
+//! The PostgreSQL store, for several server nodes sharing one queue.
+//!
+//! Claims use `FOR UPDATE SKIP LOCKED`, so concurrent claimers on any node
+//! skip rows another claimer has locked instead of waiting for them. The
+//! conformance suite checks that each job is claimed exactly once.
+
+use super::*;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Default number of connections per node.
+pub const DEFAULT_POOL_SIZE: u32 = 10;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// [`Store`] on a PostgreSQL database.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://...`) with a pool of `pool_size`
+    /// connections and runs pending migrations. `schema`, when given, is
+    /// put first on the search path (tests use one schema each).
+    ///
+    /// # Errors
+    ///
+    /// Returns [`StoreError`] when the URL is invalid, the server cannot be
+    /// reached, or a migration fails.
+    pub async fn open(url: &str, pool_size: u32, schema: Option<&str>) -> Result<Self, StoreError> {
+        let mut options = PgConnectOptions::from_str(url).map_err(|err| StoreError::Url {
+            url: redact(url),
+            message: err.to_string(),
+        })?;
+        if let Some(schema) = schema {
+            options = options.options([("search_path", schema)]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Returns the connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Removes the password from a URL before it appears in an error.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+const COLUMNS: &str = "id, name, data, status, attempts, max_attempts, created_at, run_at, started_at, completed_at, \
+    result, error, stack, progress_percent, progress_message, external, pid, process_state, last_heartbeat, \
+    timeout_ms, node_id, shim_token";
+
+fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
+    let id: String = row.try_get("id")?;
+    let corrupt = |message: String| StoreError::Corrupt { id: id.clone(), message };
+    let data_text: String = row.try_get("data")?;
+    let data = serde_json::from_str(&data_text).map_err(|e| corrupt(format!("data is not JSON: {e}")))?;
+    let result_text: Option<String> = row.try_get("result")?;
+    let result = result_text
+        .map(|text| serde_json::from_str::<Value>(&text))
+        .transpose()
+        .map_err(|e| corrupt(format!("result is not JSON: {e}")))?;
+    let status_text: String = row.try_get("status")?;
+    let status = JobStatus::from_str(&status_text).map_err(corrupt)?;
+    let process_state: Option<String> = row.try_get("process_state")?;
+    Ok(Job {
+        id: id.clone(),
+        name: row.try_get("name")?,
+        data,
+        status,
+        attempts: row.try_get::<i32, _>("attempts")? as u32,
+        max_attempts: row.try_get::<i32, _>("max_attempts")? as u32,
+        created_at: row.try_get("created_at")?,
+        run_at: row.try_get("run_at")?,
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+        result,
+        error: row.try_get("error")?,
+        stack: row.try_get("stack")?,
+        progress_percent: row.try_get("progress_percent")?,
+        progress_message: row.try_get("progress_message")?,
+        external: row.try_get("external")?,
+        pid: row.try_get("pid")?,
+        process_state: process_state.as_deref().and_then(ProcessState::parse),
+        last_heartbeat: row.try_get("last_heartbeat")?,
+        timeout_ms: row.try_get("timeout_ms")?,
+        node_id: row.try_get("node_id")?,
+        shim_token: row.try_get("shim_token")?,
+    })
+}
+
+fn to_i32(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn job_insert(&self, job: &NewJob) -> Result<Job, StoreError> {
+        let sql = format!(
+            "INSERT INTO jobs (id, name, data, status, attempts, max_attempts, created_at, run_at, external, timeout_ms) \
+             VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(&job.id)
+            .bind(&job.name)
+            .bind(job.data.to_string())
+            .bind(job.status.as_str())
+            .bind(to_i32(job.max_attempts))
+            .bind(job.created_at)
+            .bind(job.run_at)
+            .bind(job.external)
+            .bind(job.timeout_ms)
+            .fetch_one(&self.pool)
+            .await?;
+        job_from_row(&row)
+    }
+
+    async fn job_get(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn job_list(&self, query: &ListQuery) -> Result<JobPage, StoreError> {
+        // Absent filters are bound as NULL, so one statement serves all cases.
+        let filter = "WHERE ($1::TEXT IS NULL OR status = $1) AND ($2::TEXT IS NULL OR name = $2)";
+        let list_sql = format!("SELECT {COLUMNS} FROM jobs {filter} ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4");
+        let count_sql = format!("SELECT COUNT(*) FROM jobs {filter}");
+        let status = query.status.map(JobStatus::as_str);
+        let rows = sqlx::query(&list_sql)
+            .bind(status)
+            .bind(&query.name)
+            .bind(i64::from(query.limit))
+            .bind(i64::from(query.offset))
+            .fetch_all(&self.pool)
+            .await?;
+        let total: i64 = sqlx::query_scalar(&count_sql).bind(status).bind(&query.name).fetch_one(&self.pool).await?;
+        let jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok(JobPage { jobs, total: total as u64 })
+    }
+
+    async fn job_claim(&self, claim: &ClaimRequest) -> Result<Vec<Job>, StoreError> {
+        if claim.names.is_empty() || claim.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1, node_id = $2, \
+                 completed_at = NULL, pid = NULL, last_heartbeat = NULL, shim_token = NULL, \
+                 progress_percent = NULL, progress_message = NULL, \
+                 process_state = CASE WHEN external THEN 'spawning' ELSE NULL END \
+             WHERE id IN (SELECT id FROM jobs WHERE status IN ('pending', 'scheduled') AND run_at <= $1 \
+                 AND name = ANY($3) ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             RETURNING {COLUMNS}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(claim.now_ms)
+            .bind(&claim.node_id)
+            .bind(&claim.names)
+            .bind(i64::from(claim.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+        jobs.sort_by(|a, b| (a.run_at, &a.id).cmp(&(b.run_at, &b.id)));
+        Ok(jobs)
+    }
+
+    async fn job_spawned(&self, update: &SpawnUpdate) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET pid = $1, process_state = COALESCE($2, process_state), shim_token = COALESCE($3, shim_token) \
+             WHERE id = $4 AND attempts = $5 AND status = 'running'",
+        )
+        .bind(update.pid)
+        .bind(update.process_state.map(ProcessState::as_str))
+        .bind(&update.shim_token)
+        .bind(&update.id)
+        .bind(to_i32(update.attempt))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn job_finish(&self, finish: &JobFinish) -> Result<bool, StoreError> {
+        let retrying = finish.status == JobStatus::Scheduled;
+        let result = finish.result.as_ref().map(Value::to_string);
+        let outcome = sqlx::query(
+            "UPDATE jobs SET status = $1, result = $2, error = $3, stack = $4, \
+                 completed_at = CASE WHEN $5 THEN NULL ELSE $6 END, \
+                 run_at = COALESCE($7, run_at), \
+                 progress_percent = COALESCE($8, progress_percent), \
+                 progress_message = COALESCE($9, progress_message), \
+                 process_state = NULL, shim_token = NULL \
+             WHERE id = $10 AND attempts = $11 AND status = 'running'",
+        )
+        .bind(finish.status.as_str())
+        .bind(result)
+        .bind(&finish.error)
+        .bind(&finish.stack)
+        .bind(retrying)
+        .bind(finish.now_ms)
+        .bind(finish.run_at)
+        .bind(finish.progress_percent)
+        .bind(&finish.progress_message)
+        .bind(&finish.id)
+        .bind(to_i32(finish.attempt))
+        .execute(&self.pool)
+        .await?;
+        Ok(outcome.rows_affected() == 1)
+    }
+
+    async fn job_requeue(&self, id: &str, attempt: u32) -> Result<bool, StoreError> {
+        let outcome = sqlx::query(
+            "UPDATE jobs SET status = 'pending', attempts = attempts - 1, started_at = NULL, node_id = NULL, \
+                 process_state = NULL, pid = NULL, shim_token = NULL \
+             WHERE id = $1 AND attempts = $2 AND status = 'running'",
+        )
+        .bind(id)
+        .bind(to_i32(attempt))
+        .execute(&self.pool)
+        .await?;
+        Ok(outcome.rows_affected() == 1)
+    }
+
+    async fn job_retry(&self, id: &str, now_ms: i64) -> Result<RetryRequest, StoreError> {
+        let sql = format!(
+            "UPDATE jobs SET status = 'pending', run_at = $1, max_attempts = attempts + 1, completed_at = NULL, \
+                 result = NULL, process_state = NULL, pid = NULL \
+             WHERE id = $2 AND status IN ('failed', 'cancelled') RETURNING {COLUMNS}"
+        );
+        if let Some(row) = sqlx::query(&sql).bind(now_ms).bind(id).fetch_optional(&self.pool).await? {
+            return Ok(RetryRequest::Retried(job_from_row(&row)?));
+        }
+        match self.job_get(id).await? {
+            Some(job) => Ok(RetryRequest::NotRetryable(job)),
+            None => Ok(RetryRequest::NotFound),
+        }
+    }
+
+    async fn job_counts(&self) -> Result<Vec<JobCount>, StoreError> {
+        let rows = sqlx::query("SELECT name, status, COUNT(*) AS count FROM jobs GROUP BY name, status ORDER BY name, status")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut counts = Vec::with_capacity(rows.len());
+        for row in rows {
+            let name: String = row.try_get("name")?;
+            let status: String = row.try_get("status")?;
+            let status = JobStatus::from_str(&status).map_err(|message| StoreError::Corrupt { id: name.clone(), message })?;
+            let count: i64 = row.try_get("count")?;
+            counts.push(JobCount { name, status, count: count as u64 });
+        }
+        Ok(counts)
+    }
+
+    async fn jobs_purge(&self, statuses: &[JobStatus], before_ms: i64, limit: u32) -> Result<Vec<String>, StoreError> {
+        let finished: Vec<&str> = statuses.iter().filter(|s| s.is_finished()).map(|s| s.as_str()).collect();
+        if finished.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let ids = sqlx::query_scalar(
+            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE status = ANY($1) AND completed_at < $2 LIMIT $3) RETURNING id",
+        )
+        .bind(&finished)
+        .bind(before_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids)
+    }
+
+    async fn job_cancel_waiting(&self, id: &str, now_ms: i64) -> Result<CancelWaiting, StoreError> {
+        let sql = format!(
+            "UPDATE jobs SET status = 'cancelled', completed_at = $1 \
+             WHERE id = $2 AND status IN ('pending', 'scheduled') RETURNING {COLUMNS}"
+        );
+        if let Some(row) = sqlx::query(&sql).bind(now_ms).bind(id).fetch_optional(&self.pool).await? {
+            return Ok(CancelWaiting::Cancelled(job_from_row(&row)?));
+        }
+        match self.job_get(id).await? {
+            Some(job) => Ok(CancelWaiting::NotWaiting(job)),
+            None => Ok(CancelWaiting::NotFound),
+        }
+    }
+
+    async fn jobs_live_flush(&self, updates: &[LiveUpdate]) -> Result<(), StoreError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for update in updates {
+            sqlx::query(
+                "UPDATE jobs SET progress_percent = COALESCE($1, progress_percent), \
+                     progress_message = COALESCE($2, progress_message), \
+                     last_heartbeat = COALESCE($3, last_heartbeat), \
+                     process_state = COALESCE($4, process_state) \
+                 WHERE id = $5 AND status = 'running'",
+            )
+            .bind(update.progress_percent)
+            .bind(&update.progress_message)
+            .bind(update.last_heartbeat)
+            .bind(update.process_state.map(ProcessState::as_str))
+            .bind(&update.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn jobs_running(&self, node_id: &str) -> Result<Vec<Job>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM jobs WHERE status = 'running' AND node_id = $1 ORDER BY started_at");
+        let rows = sqlx::query(&sql).bind(node_id).fetch_all(&self.pool).await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn close(&self) {
+        PostgresStore::close(self).await;
+    }
+
+    async fn job_next_run_at(&self, names: &[String]) -> Result<Option<i64>, StoreError> {
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let next: Option<i64> = sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE status IN ('pending', 'scheduled') AND name = ANY($1)")
+            .bind(names)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://burro:secret@db:5432/jobs"), "postgres://burro:***@db:5432/jobs");
+        assert_eq!(redact("postgres://burro@db/jobs"), "postgres://burro@db/jobs");
+        assert_eq!(redact("postgres://db/jobs"), "postgres://db/jobs");
+    }
+}
