@@ -399,3 +399,28 @@ async fn protocol_two_job_receives_cancel_message() {
     assert_eq!(job.status, JobStatus::Cancelled);
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "cancel seen");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_ignoring_cancel_is_killed_after_grace() {
+    let server = start_with(
+        |config| {
+            config.external.cancel_grace = Duration::from_millis(300);
+            config.external_jobs.insert("stubborn".into(), external("python3", "sleep_long.py"));
+        },
+        |_| {},
+    )
+    .await;
+    let id = server.core().jobs.enqueue("stubborn", json!({"seconds": 60}), once()).await.unwrap();
+    let running = server.wait_for(&id, "started and heartbeating", |job| job.last_heartbeat.is_some()).await;
+    let pid = running.pid.expect("pid recorded") as i32;
+    server.core().jobs.cancel(&id).await.unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Cancelled);
+    assert_eq!(job.attempts, 1);
+    within(WAIT, async {
+        while process_exists(pid) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}

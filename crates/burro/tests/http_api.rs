@@ -274,6 +274,7 @@ async fn health_reports_components() {
     assert_eq!(body["status"], json!("ok"));
     assert_eq!(body["store"], json!("ok"));
     assert_eq!(body["controlSocket"], json!("ok"));
+    assert_eq!(body["dispatcher"], json!("ok"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -244,6 +244,7 @@ pub(crate) async fn health(State(core): State<Core>) -> Response {
         "status": if healthy { "ok" } else { "degraded" },
         "store": store,
         "controlSocket": core.jobs.control_socket_status(),
+        "dispatcher": core.jobs.dispatcher_status(),
         "runningExternal": core.jobs.supervised_count(),
     });
     let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

@@ -587,6 +587,16 @@ impl Jobs {
         }
     }
 
+    /// Returns `ok` while the dispatcher claims jobs, `stopped` after a
+    /// shutdown began.
+    pub fn dispatcher_status(&self) -> &'static str {
+        if self.shared.shutdown.is_cancelled() {
+            "stopped"
+        } else {
+            "ok"
+        }
+    }
+
     /// Returns the number of external jobs under supervision.
     pub fn supervised_count(&self) -> usize {
         self.shared.supervisor.running_count()

@@ -56,6 +56,7 @@ impl Supervisor {
         let settings = &self.inner.settings;
         remove_unowned(&settings.socket_dir, "job_", ".sock", running);
         remove_unowned(&settings.exit_dir, "", ".exit", running);
+        remove_stale_spools(&settings.exit_dir, running);
     }
 }
 
@@ -120,6 +121,26 @@ fn read_exit_record(path: &Path, job: &Job) -> Result<Option<Vec<ShimFrame>>, St
         frames.push(ShimFrame::decode(line).map_err(|e| format!("invalid frame: {e}"))?);
     }
     Ok(Some(frames))
+}
+
+/// Removes spool files (`<job id>.<attempt>.spool`) and unfinished exit
+/// records (`<job id>.exit.tmp.<pid>`) of jobs that are not running: a shim
+/// killed with SIGKILL cannot remove its own.
+fn remove_stale_spools(dir: &Path, running: &HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.ends_with(".spool") || name.contains(".exit.tmp.")) {
+            continue;
+        }
+        let id = name.split('.').next().unwrap_or_default();
+        if running.contains(id) {
+            continue;
+        }
+        if let Err(err) = std::fs::remove_file(entry.path()) {
+            tracing::warn!(path = %entry.path().display(), error = %err, "removing a stale spool file failed");
+        }
+    }
 }
 
 fn remove_unowned(dir: &Path, prefix: &str, suffix: &str, running: &HashSet<String>) {
