@@ -224,6 +224,9 @@ impl AppServer {
         if self.broadcast_job_events {
             wire_job_events(&self.core);
         }
+        if self.store.is_shared() {
+            share_with_other_nodes(&self.core, self.store.clone()).await;
+        }
         self.core.jobs.recover_interrupted().await;
         self.core.jobs.start();
 
@@ -316,6 +319,85 @@ fn wire_job_events(core: &Core) {
             let channel = format!("job:{id}");
             sse.broadcast_many(&[channel.as_str(), "jobs"], short, &event.data);
             Ok(())
+        }
+    });
+}
+
+/// Events queued for other nodes before emitters wait.
+const PUBLISH_QUEUE: usize = 10_000;
+/// Events announced per database transaction.
+const PUBLISH_BATCH: usize = 200;
+
+/// Connects this node to the others that share its database: their new
+/// jobs wake this node's dispatcher, and job events flow both ways, so an
+/// SSE client on any node follows jobs running on every node.
+async fn share_with_other_nodes(core: &Core, store: Arc<dyn Store>) {
+    let node = core.jobs.node_id().to_string();
+    let (notice_tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    if let Err(err) = store.listen(notice_tx).await {
+        tracing::error!(error = %err, "listening for other nodes failed; this node finds their jobs by polling only");
+        return;
+    }
+
+    let receiver = core.clone();
+    let own = node.clone();
+    tokio::spawn(async move {
+        while let Some(notice) = notices.recv().await {
+            match notice {
+                crate::store::Notice::JobsChanged => receiver.jobs.wake(),
+                crate::store::Notice::Resync => {
+                    receiver.jobs.wake();
+                    receiver.sse.broadcast_all("resync", &serde_json::json!({"reason": "database_reconnected"}));
+                }
+                crate::store::Notice::Event(text) => {
+                    let Ok(event) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+                    let origin = event["node"].as_str().unwrap_or_default();
+                    let Some(name) = event["name"].as_str() else { continue };
+                    if origin != own {
+                        receiver.events.emit_remote(origin, name, event["data"].clone()).await;
+                    }
+                }
+            }
+        }
+    });
+
+    let (publish_tx, mut publish_rx) = tokio::sync::mpsc::channel::<String>(PUBLISH_QUEUE);
+    core.events.on("job.*", move |event| {
+        let publish = publish_tx.clone();
+        let node = node.clone();
+        async move {
+            if event.origin.is_none() {
+                let text = serde_json::json!({"node": node, "name": event.name, "data": event.data}).to_string();
+                let _ = publish.send(text).await;
+            }
+            Ok(())
+        }
+    });
+    tokio::spawn(async move {
+        let mut failing = false;
+        while let Some(first) = publish_rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < PUBLISH_BATCH {
+                match publish_rx.try_recv() {
+                    Ok(text) => batch.push(text),
+                    Err(_) => break,
+                }
+            }
+            // A failed batch is dropped: other nodes miss those events, and
+            // their SSE clients recover state from the API.
+            match store.events_publish(&batch).await {
+                Ok(()) if failing => {
+                    tracing::info!("announcing events to other nodes works again");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(err) => {
+                    if !failing {
+                        tracing::error!(error = %err, dropped = batch.len(), "announcing events to other nodes failed");
+                        failing = true;
+                    }
+                }
+            }
         }
     });
 }

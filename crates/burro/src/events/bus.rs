@@ -30,6 +30,9 @@ pub struct Event {
     pub data: serde_json::Value,
     /// Time of the emit, in milliseconds since the Unix epoch.
     pub timestamp_ms: i64,
+    /// The node that emitted the event, when it came from another node
+    /// through the database; `None` for events emitted in this process.
+    pub origin: Option<String>,
 }
 
 /// Limits of an [`Events`] bus.
@@ -195,11 +198,29 @@ impl Events {
     /// event is in the history and has reached some matching subscriptions
     /// but not others.
     pub async fn emit(&self, name: impl Into<String>, data: serde_json::Value) {
-        let event = Arc::new(Event {
+        self.deliver(Event {
             name: name.into(),
             data,
             timestamp_ms: now_ms(),
-        });
+            origin: None,
+        })
+        .await;
+    }
+
+    /// Emits an event that another node emitted first. Subscribers receive
+    /// it like a local one, with `origin` set, so forwarders can skip it.
+    pub async fn emit_remote(&self, origin: &str, name: impl Into<String>, data: serde_json::Value) {
+        self.deliver(Event {
+            name: name.into(),
+            data,
+            timestamp_ms: now_ms(),
+            origin: Some(origin.to_string()),
+        })
+        .await;
+    }
+
+    async fn deliver(&self, event: Event) {
+        let event = Arc::new(event);
 
         self.inner.record(&event);
 

@@ -597,6 +597,16 @@ impl Jobs {
         }
     }
 
+    /// Wakes the dispatcher, so it claims due jobs now.
+    pub fn wake(&self) {
+        self.shared.wake.notify_one();
+    }
+
+    /// Returns this server's node id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.settings.node_id
+    }
+
     /// Returns the number of external jobs under supervision.
     pub fn supervised_count(&self) -> usize {
         self.shared.supervisor.running_count()

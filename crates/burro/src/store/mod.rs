@@ -85,6 +85,42 @@ pub trait Store: Send + Sync + 'static {
 
     /// Closes the store's connections, waiting for queued writes.
     async fn close(&self) {}
+
+    /// Starts delivering what other nodes announce through the database:
+    /// new jobs and their events. A store with one node delivers nothing.
+    ///
+    /// # Errors
+    ///
+    /// Returns a store error when listening cannot start.
+    async fn listen(&self, _notices: tokio::sync::mpsc::UnboundedSender<Notice>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Announces events (JSON texts) to the other nodes.
+    ///
+    /// # Errors
+    ///
+    /// Returns a store error; the events are then not announced.
+    async fn events_publish(&self, _events: &[String]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Returns true when other nodes may share this store.
+    fn is_shared(&self) -> bool {
+        false
+    }
+}
+
+/// What another node announced through the database.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// Jobs were enqueued or became due: claim now.
+    JobsChanged,
+    /// An event emitted on another node, as JSON text.
+    Event(String),
+    /// The listening connection was lost and is back: notices may have been
+    /// missed, so poll the store and tell SSE clients to reload.
+    Resync,
 }
 
 /// Opens the store a database URL names: `sqlite://PATH` or

@@ -13,6 +13,13 @@ use std::time::Duration;
 
 /// Default number of connections per node.
 pub const DEFAULT_POOL_SIZE: u32 = 10;
+/// Channel that announces new or due jobs.
+const JOBS_CHANNEL: &str = "burro_jobs";
+/// Channel that carries events between nodes.
+const EVENTS_CHANNEL: &str = "burro_events";
+/// NOTIFY payloads must stay under 8000 bytes; larger events are stored in
+/// `event_payloads` and announced by id.
+const NOTIFY_LIMIT: usize = 7900;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -116,6 +123,24 @@ fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
     })
 }
 
+/// Tells every node's dispatcher that there are jobs to claim. A lost
+/// notification only delays the job until the next poll.
+async fn notify_jobs(pool: &PgPool) {
+    if let Err(err) = sqlx::query("SELECT pg_notify($1, '')").bind(JOBS_CHANNEL).execute(pool).await {
+        tracing::warn!(error = %err, "announcing new jobs to other nodes failed; they find them at their next poll");
+    }
+}
+
+async fn fetch_payload(pool: &PgPool, id: i64) -> Option<String> {
+    match sqlx::query_scalar("SELECT payload FROM event_payloads WHERE id = $1").bind(id).fetch_optional(pool).await {
+        Ok(payload) => payload,
+        Err(err) => {
+            tracing::warn!(error = %err, payload_id = id, "reading a large event from the database failed");
+            None
+        }
+    }
+}
+
 fn to_i32(value: u32) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
 }
@@ -139,6 +164,7 @@ impl Store for PostgresStore {
             .bind(job.timeout_ms)
             .fetch_one(&self.pool)
             .await?;
+        notify_jobs(&self.pool).await;
         job_from_row(&row)
     }
 
@@ -254,6 +280,7 @@ impl Store for PostgresStore {
              WHERE id = $2 AND status IN ('failed', 'cancelled') RETURNING {COLUMNS}"
         );
         if let Some(row) = sqlx::query(&sql).bind(now_ms).bind(id).fetch_optional(&self.pool).await? {
+            notify_jobs(&self.pool).await;
             return Ok(RetryRequest::Retried(job_from_row(&row)?));
         }
         match self.job_get(id).await? {
@@ -340,6 +367,83 @@ impl Store for PostgresStore {
 
     async fn close(&self) {
         PostgresStore::close(self).await;
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn listen(&self, notices: tokio::sync::mpsc::UnboundedSender<Notice>) -> Result<(), StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen_all([JOBS_CHANNEL, EVENTS_CHANNEL]).await?;
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(notification)) => {
+                        failing = false;
+                        let notice = match notification.channel() {
+                            JOBS_CHANNEL => Notice::JobsChanged,
+                            _ => match notification.payload().strip_prefix("ref:").and_then(|id| id.parse::<i64>().ok()) {
+                                Some(id) => match fetch_payload(&pool, id).await {
+                                    Some(payload) => Notice::Event(payload),
+                                    None => continue,
+                                },
+                                None => Notice::Event(notification.payload().to_string()),
+                            },
+                        };
+                        if notices.send(notice).is_err() {
+                            return;
+                        }
+                    }
+                    // The connection was lost and re-established: whatever
+                    // was announced meanwhile is gone.
+                    Ok(None) => {
+                        tracing::warn!("the PostgreSQL listening connection was re-established; polling for missed jobs");
+                        if notices.send(Notice::Resync).is_err() {
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        if !failing {
+                            tracing::error!(error = %err, "listening for PostgreSQL notifications failed; retrying");
+                            failing = true;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn events_publish(&self, events: &[String]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        // Notifications are delivered when the transaction commits, in order.
+        let mut tx = self.pool.begin().await?;
+        for event in events {
+            let payload = if event.len() > NOTIFY_LIMIT {
+                let id: i64 = sqlx::query_scalar("INSERT INTO event_payloads (payload, created_at) VALUES ($1, $2) RETURNING id")
+                    .bind(event)
+                    .bind(crate::clock::now_ms())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                format!("ref:{id}")
+            } else {
+                event.clone()
+            };
+            sqlx::query("SELECT pg_notify($1, $2)").bind(EVENTS_CHANNEL).bind(payload).execute(&mut *tx).await?;
+        }
+        // Stored payloads older than a minute have been read by every live node.
+        sqlx::query("DELETE FROM event_payloads WHERE created_at < $1")
+            .bind(crate::clock::now_ms() - 60_000)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn job_next_run_at(&self, names: &[String]) -> Result<Option<i64>, StoreError> {
