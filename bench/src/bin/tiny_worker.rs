@@ -1,0 +1,55 @@
+//! The smallest job process the benchmarks run: it reads the payload line
+//! from standard input, connects to the socket path it names, sends
+//! `started`, `data.progress` progress messages (0 when absent) and
+//! `completed`, and exits.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::os::unix::net::UnixStream;
+
+fn main() {
+    if let Err(error) = run() {
+        eprintln!("tiny_worker: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the payload: {e}"))?;
+    let payload: serde_json::Value =
+        serde_json::from_str(&line).map_err(|e| format!("parsing the payload: {e}"))?;
+    let job_id = payload["jobId"]
+        .as_str()
+        .ok_or("the payload has no jobId")?;
+    let socket = payload["socketPath"]
+        .as_str()
+        .ok_or("the payload has no socketPath")?;
+    let progress = payload["data"]["progress"].as_u64().unwrap_or(0);
+
+    let stream = UnixStream::connect(socket).map_err(|e| format!("connecting to {socket}: {e}"))?;
+    let mut out = BufWriter::with_capacity(64 * 1024, stream);
+    // The job id is a UUID or a plain token, so it needs no JSON escaping.
+    writeln!(out, r#"{{"type":"started","jobId":"{job_id}"}}"#).map_err(|e| e.to_string())?;
+    if progress == 0 {
+        // The first message goes out at once: its arrival is what S1 measures.
+        out.flush().map_err(|e| e.to_string())?;
+    }
+    for i in 0..progress {
+        let percent = i * 100 / progress;
+        writeln!(
+            out,
+            r#"{{"type":"progress","jobId":"{job_id}","percent":{percent}}}"#
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    writeln!(
+        out,
+        r#"{{"type":"completed","jobId":"{job_id}","result":null}}"#
+    )
+    .map_err(|e| e.to_string())?;
+    out.flush().map_err(|e| e.to_string())?;
+    Ok(())
+}

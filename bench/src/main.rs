@@ -1,0 +1,117 @@
+//! `burro-bench`: runs benchmark scenarios against an in-process burro server
+//! and, in the same invocation, against a bare baseline that measures what the
+//! machine itself allows. Rounds alternate which side runs first.
+
+mod baseline;
+mod report;
+mod scenarios;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scale {
+    /// Tiny counts that finish in a few seconds (the smoke test).
+    Small,
+    /// The full counts: S1 500 jobs, S2 5,000 jobs, S4 16 x 100,000 messages.
+    Full,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "burro-bench",
+    about = "Measures burro against the machine's limits"
+)]
+struct Args {
+    /// Scenarios to run: s1 (dispatch latency), s2 (throughput), s4 (message ingest). Default: all.
+    scenarios: Vec<String>,
+    /// Rounds per scenario; each round runs burro and its baseline once.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// File to write the results to, as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Job and message counts.
+    #[arg(long, value_enum, default_value_t = Scale::Small)]
+    scale: Scale,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.rounds == 0 {
+        bail!("--rounds is 0: it must be at least 1");
+    }
+    let selected = select(&args.scenarios)?;
+
+    let exe_dir = std::env::current_exe()
+        .context("finding the bench executable")?
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let shim = exe_dir.join("burro-shim");
+    let worker = exe_dir.join("tiny_worker");
+    if !shim.exists() {
+        bail!(
+            "burro-shim not found at {}: build it with the same profile, for example `cargo build --release -p burro-shim`",
+            shim.display()
+        );
+    }
+    if !worker.exists() {
+        bail!(
+            "tiny_worker not found at {}: build it with `cargo build -p burro-bench`",
+            worker.display()
+        );
+    }
+
+    let machine = report::Machine::probe();
+    println!("{}", machine.describe());
+
+    let bench = std::sync::Arc::new(scenarios::Bench::start(&shim, &worker).await?);
+    let mut results = Vec::new();
+    for id in selected {
+        eprintln!("running {id} ({} rounds)", args.rounds);
+        let result = match id {
+            "S1" => scenarios::s1_dispatch_latency(&bench, args.scale, args.rounds).await,
+            "S2" => scenarios::s2_throughput(&bench, args.scale, args.rounds).await,
+            _ => scenarios::s4_message_ingest(&bench, args.scale, args.rounds).await,
+        }
+        .with_context(|| format!("scenario {id} failed"))?;
+        results.push(result);
+    }
+    // Every producer task has ended, so this is the last reference.
+    if let Ok(bench) = std::sync::Arc::try_unwrap(bench) {
+        bench.stop().await;
+    }
+
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    println!();
+    println!("{}", report::table(&results));
+    if let Some(path) = &args.json {
+        let document = report::json(&command, args.scale, args.rounds, &machine, &results);
+        let text = serde_json::to_string_pretty(&document)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Returns the scenario ids in run order, all of them when none is named.
+fn select(names: &[String]) -> Result<Vec<&'static str>> {
+    const ALL: [&str; 3] = ["S1", "S2", "S4"];
+    if names.is_empty() {
+        return Ok(ALL.to_vec());
+    }
+    let mut selected = Vec::new();
+    for name in names {
+        let upper = name.to_ascii_uppercase();
+        let Some(id) = ALL.iter().find(|id| **id == upper) else {
+            bail!("unknown scenario {name:?}: expected s1, s2 or s4");
+        };
+        if !selected.contains(id) {
+            selected.push(*id);
+        }
+    }
+    Ok(selected)
+}

@@ -1,0 +1,60 @@
+//! Runs the built `burro-bench` at the small scale and checks its JSON.
+//! `burro-shim` must be built with the same profile first, for example by
+//! `cargo build --workspace`.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn small_scale_writes_every_scenario() {
+    let exe = Path::new(env!("CARGO_BIN_EXE_burro-bench"));
+    let shim = exe.with_file_name("burro-shim");
+    assert!(
+        shim.exists(),
+        "burro-shim not found at {}: run `cargo build -p burro-shim` first",
+        shim.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("bench.json");
+
+    let output = Command::new(exe)
+        .args(["--scale", "small", "--rounds", "1", "--json"])
+        .arg(&json_path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "burro-bench failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let text = std::fs::read_to_string(&json_path).unwrap();
+    let document: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(document["machine"]["cores"].as_u64().unwrap() > 0);
+    assert!(!document["machine"]["kernel"].as_str().unwrap().is_empty());
+    let scenarios = document["scenarios"].as_array().unwrap();
+    let ids: Vec<&str> = scenarios
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["S1", "S2", "S4"]);
+    for scenario in scenarios {
+        let metrics = scenario["metrics"].as_array().unwrap();
+        assert!(!metrics.is_empty(), "{} has no metrics", scenario["id"]);
+        for metric in metrics {
+            for side in ["burro", "limit"] {
+                let median = metric[side]["median"].as_f64().unwrap();
+                assert!(
+                    median.is_finite(),
+                    "{} {side} median is {median}",
+                    scenario["id"]
+                );
+                assert!(median > 0.0, "{} {side} median is {median}", scenario["id"]);
+            }
+            assert!(metric["ratio"].as_f64().unwrap().is_finite());
+        }
+    }
+    let s4 = &scenarios[2];
+    assert_eq!(s4["lost"].as_u64(), Some(0), "S4 lost messages");
+}
