@@ -12,7 +12,7 @@ use std::time::Duration;
 /// Reconnect attempts after the stream breaks before giving up.
 const MAX_RECONNECTS: u32 = 10;
 
-/// How a watched job ended.
+/// End of a watched job.
 #[derive(Debug, Clone)]
 pub struct Ending {
     /// `completed`, `failed` or `cancelled`.

@@ -46,7 +46,7 @@ pub struct ShimSpec {
     pub idle_timeout_ms: u64,
     /// Offer an inherited pipe as `BURRO_MESSAGE_FD`.
     pub message_fd: bool,
-    /// Longest stdout or stderr line kept whole; longer lines are split.
+    /// Maximum stdout or stderr line kept whole. Longer lines are split.
     pub max_log_line: usize,
     /// How long a shim whose job has exited waits for an absent server.
     pub linger_ms: u64,
@@ -101,7 +101,7 @@ pub fn exit_record_name(job_id: &str) -> String {
     format!("{job_id}.exit")
 }
 
-/// Where the job connects.
+/// Transport of the job socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum TransportSpec {
@@ -122,7 +122,7 @@ pub struct Hello {
     pub shim_pid: u32,
     /// Pid of the job process; absent when it could not be started.
     pub child_pid: Option<u32>,
-    /// Where the job connects: a socket path or `tcp://127.0.0.1:PORT`.
+    /// Address of the job socket: a path or `tcp://127.0.0.1:PORT`.
     pub address: String,
 }
 
@@ -136,7 +136,7 @@ pub struct Welcome {
     pub acked_seq: u64,
 }
 
-/// How the job process ended, as observed by the shim.
+/// End of the job process, as observed by the shim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ExitReport {
@@ -261,7 +261,7 @@ impl ShimFrame {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerFrame {
     Welcome(Welcome),
-    /// The handshake was rejected; the text says why.
+    /// The handshake was rejected, with the reason.
     Reject(String),
     /// Every frame up to and including this sequence number is processed.
     Ack(u64),

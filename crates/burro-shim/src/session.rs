@@ -20,10 +20,10 @@ use tokio::sync::{mpsc, Notify};
 const BACKOFF_START: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest control frame the shim accepts from the server.
+/// Maximum control frame the shim accepts from the server.
 const MAX_SERVER_FRAME: usize = 64 * 1024 * 1024;
 
-/// What the session reports to the supervisor loop.
+/// Request from the server, passed to the supervisor loop.
 #[derive(Debug)]
 pub enum Command {
     Kill(String),

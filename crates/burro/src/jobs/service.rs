@@ -386,9 +386,9 @@ impl Jobs {
         Ok(jobs.into_iter().filter(|job| job.external).map(|job| self.view(job)).collect())
     }
 
-    /// Cancels a job. A waiting job becomes `cancelled` at once; a running
-    /// one is asked to stop and becomes `cancelled` when it has exited; a
-    /// finished one is left as it is. The row is always kept.
+    /// Cancels a job. A waiting job becomes `cancelled` at once. A running
+    /// one is requested to stop and becomes `cancelled` when it has exited.
+    /// A finished one is left as it is. The row is always kept.
     ///
     /// # Errors
     ///
@@ -431,8 +431,8 @@ impl Jobs {
     }
 
     /// Takes over the jobs that were running on this node when the server
-    /// last stopped. External jobs wait for their shims to reconnect (or for
-    /// their exit records); in-process jobs cannot survive a stop, so each
+    /// last stopped. External jobs wait for their shims to reconnect, or for
+    /// their exit records. In-process jobs cannot survive a stop, so each
     /// emits `job.lost` and is retried or failed according to its attempts.
     pub(crate) async fn recover_interrupted(&self) {
         let jobs = match self.shared.store.jobs_running(&self.shared.settings.node_id).await {
