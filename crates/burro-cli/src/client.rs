@@ -1,4 +1,4 @@
-//! A small HTTP client for the burro API with errors that say what to do.
+//! A small HTTP client for the burro API with errors that name the fix.
 
 use anyhow::{anyhow, Context};
 use reqwest::StatusCode;
@@ -74,7 +74,7 @@ impl Client {
             .pointer("/error/message")
             .and_then(Value::as_str)
             .map(str::to_string)
-            .unwrap_or_else(|| format!("the server answered HTTP {}", status.as_u16()));
+            .unwrap_or_else(|| format!("the server returned HTTP {}", status.as_u16()));
         Err(ApiFailure { status, code, message, body }.into())
     }
 

@@ -40,7 +40,7 @@ impl Ending {
 }
 
 /// Where a watcher prints lines above the bars: a bar of its own, or the
-/// [`MultiProgress`] that holds several bars (lines printed through one of
+/// [`MultiProgress`] that contains several bars (lines printed through one of
 /// its bars would break its drawing).
 #[derive(Clone)]
 pub enum Printer {
@@ -124,7 +124,7 @@ pub async fn follow(client: &Client, id: &str, bar: &ProgressBar, printer: &Prin
             return Ok(Ending { status, data: job });
         }
         if !response.status().is_success() {
-            return Err(anyhow!("the server answered HTTP {} for the events of job {id}", response.status().as_u16()));
+            return Err(anyhow!("the server returned HTTP {} for the events of job {id}", response.status().as_u16()));
         }
         let mut reader = EventReader::new(response);
         loop {

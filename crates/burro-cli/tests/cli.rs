@@ -1,40 +1,18 @@
 //! The `burro` binary end to end: `serve` as a real process, client
 //! commands against it, and their exit statuses.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use common::{start, workers, Server, BURRO};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-const BURRO: &str = env!("CARGO_BIN_EXE_burro");
-
-fn workers() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../burro/tests/workers")
-}
-
-struct Server {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-    _sockets: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Starts `burro serve` on a free port with the test workers registered.
 fn serve() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    // Socket paths must stay under 107 bytes, so use a short directory.
-    let socket_root = tempfile::Builder::new().prefix("bc").tempdir_in("/tmp").unwrap();
-    let sockets = socket_root.path().to_path_buf();
     let workers = workers();
-    let config = format!(
-        r#"
+    start(|sockets| {
+        format!(
+            r#"
 [server]
 bind = "127.0.0.1:0"
 data_dir = "state"
@@ -51,36 +29,11 @@ command = "bash"
 args = ["{sh}"]
 max_attempts = 1
 "#,
-        sockets = sockets.display(),
-        py = workers.join("complete.py").display(),
-        sh = workers.join("exit_code.sh").display(),
-    );
-    let config_path = dir.path().join("burro.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let mut child = Command::new(BURRO)
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .env("BURRO_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("burro is serving on ") {
-                let url = rest.split_whitespace().next().unwrap_or_default().to_string();
-                let _ = tx.send(url);
-            }
-        }
-    });
-    let url = rx.recv_timeout(Duration::from_secs(30)).expect("burro serve printed its address");
-    Server {
-        child,
-        url,
-        _dir: dir,
-        _sockets: socket_root,
-    }
+            sockets = sockets.display(),
+            py = workers.join("complete.py").display(),
+            sh = workers.join("exit_code.sh").display(),
+        )
+    })
 }
 
 fn burro(server: &str, args: &[&str]) -> Output {

@@ -4,12 +4,13 @@
 //! The screenshots land in target/e2e/ (dashboard.png, dashboard-job.png and
 //! dashboard-overview.png, or dashboard-failure.png when a step fails).
 
-use std::io::{BufRead, BufReader};
+mod common;
+
+use common::{start, Server};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BURRO: &str = env!("CARGO_BIN_EXE_burro");
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Upper bound of the browser script; it stops itself earlier on its own limit.
 const SCRIPT_LIMIT: Duration = Duration::from_secs(240);
@@ -36,28 +37,12 @@ fn require_browser_setup(root: &Path) {
     assert!(matches!(node, Ok(ref output) if output.status.success()), "node does not run ({node:?}): {SETUP_HINT}");
 }
 
-struct Server {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-    _sockets: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `burro serve` on a free port with the jobs the browser script enqueues.
 fn serve(root: &Path) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    // Socket paths must stay under 107 bytes, so use a short directory.
-    let socket_root = tempfile::Builder::new().prefix("bd").tempdir_in("/tmp").unwrap();
     let workers = root.join("crates/burro/tests/workers");
-    let config = format!(
-        r#"
+    start(|sockets| {
+        format!(
+            r#"
 [server]
 bind = "127.0.0.1:0"
 data_dir = "state"
@@ -74,36 +59,11 @@ args = ["{numbered}"]
 command = "python3"
 args = ["{sleep}"]
 "#,
-        sockets = socket_root.path().display(),
-        numbered = workers.join("numbered.py").display(),
-        sleep = workers.join("sleep_long.py").display(),
-    );
-    let config_path = dir.path().join("burro.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let mut child = Command::new(BURRO)
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .env("BURRO_LOG", "warn")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix("burro is serving on ") {
-                let url = rest.split_whitespace().next().unwrap_or_default().to_string();
-                let _ = tx.send(url);
-            }
-        }
-    });
-    let url = rx.recv_timeout(Duration::from_secs(30)).expect("burro serve printed its address");
-    Server {
-        child,
-        url,
-        _dir: dir,
-        _sockets: socket_root,
-    }
+            sockets = sockets.display(),
+            numbered = workers.join("numbered.py").display(),
+            sleep = workers.join("sleep_long.py").display(),
+        )
+    })
 }
 
 #[test]

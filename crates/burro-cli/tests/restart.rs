@@ -1,19 +1,18 @@
 //! Server restarts with real kills: jobs keep running under their shims,
 //! reconnect to the next server, and nothing they report is lost.
 
+mod common;
+
+use common::Server;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BURRO: &str = env!("CARGO_BIN_EXE_burro");
 const WAIT: Duration = Duration::from_secs(120);
 
 fn worker(name: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../burro/tests/workers").join(name).display().to_string()
+    common::workers().join(name).display().to_string()
 }
 
 /// A data directory, a socket directory and a configuration shared by the
@@ -60,51 +59,7 @@ heartbeat_timeout = "5s"
 
     /// Starts `burro serve` in a process group of its own.
     fn serve(&self) -> Server {
-        let mut child = Command::new(BURRO)
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .env("BURRO_LOG", "warn")
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("burro is serving on ") {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
-                } else if !line.trim().is_empty() {
-                    eprintln!("server: {line}");
-                }
-            }
-        });
-        let url = rx.recv_timeout(Duration::from_secs(30)).expect("burro serve printed its address");
-        Server { child, url }
-    }
-}
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn signal_group(&self, signal: i32) {
-        // SAFETY: kill with a negative pid signals the server's own group.
-        unsafe { libc_kill(-(self.child.id() as i32), signal) };
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        common::spawn(&self.config, true)
     }
 }
 

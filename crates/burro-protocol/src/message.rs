@@ -1,9 +1,9 @@
 //! Messages a job sends to the server, one JSON object per line.
 //!
 //! Parsing is strict about the fields the server acts on and lenient about
-//! everything else: unknown fields are ignored, a missing or non-numeric
-//! `timestamp` is replaced by the receipt time, an unknown `type` is reported
-//! as [`JobMessage::Unknown`] so the caller can log and ignore it.
+//! everything else. Unknown fields are ignored, and a missing or non-numeric
+//! `timestamp` is replaced by the receipt time. An unknown `type` is reported
+//! as [`JobMessage::Unknown`], so the caller can log and ignore it.
 
 use serde_json::{Map, Value};
 use std::fmt;
@@ -103,7 +103,7 @@ pub struct ParsedMessage {
     pub clamped_percent: Option<f64>,
 }
 
-/// Why a line was rejected. Each variant names the field and the value.
+/// Reason a line was rejected. Each variant names the field and the value.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum MessageError {
     #[error("invalid JSON: {reason}")]

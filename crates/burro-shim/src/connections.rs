@@ -274,7 +274,7 @@ pub fn spawn_message_pipe(
     });
 }
 
-/// Which output stream a reader captures.
+/// Output stream that a reader captures.
 #[derive(Debug, Clone, Copy)]
 pub enum Stream {
     Stdout,

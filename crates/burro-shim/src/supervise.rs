@@ -31,7 +31,7 @@ const ITEM_QUEUE: usize = 256;
 /// pidfd is available.
 const TICK: Duration = Duration::from_millis(100);
 
-/// Where the job is in its life, as the shim sees it.
+/// Lifecycle of the job, as the shim observes it.
 enum Phase {
     Running,
     /// The leader exited (unreaped); messages still in flight are read.
@@ -494,9 +494,8 @@ fn remove_socket(socket_file: &Option<SocketFile>) {
         .unwrap_or(false);
     if still_ours {
         let _ = std::fs::remove_file(&file.path);
-        // The per-job directory of a job run as another user goes too; for
-        // other jobs this is the shared socket directory, which is not empty
-        // while the control socket exists, so it stays.
+        // The per-job directory of a job run as another user goes too. For
+        // other jobs the parent is the shared socket directory, which stays.
         if let Some(dir) = std::path::Path::new(&file.path).parent() {
             if dir.file_name().is_some_and(|name| name.to_string_lossy().starts_with("job_")) {
                 let _ = std::fs::remove_dir(dir);

@@ -205,7 +205,7 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
 /// Supervises an external attempt that was running when the server last
 /// stopped, until it ends, and records its end.
 pub(crate) async fn recover_external(shared: Arc<Shared>, job: Job, adoption: crate::supervisor::Adoption) {
-    // A recovered job holds a slot like any running job. When more jobs were
+    // A recovered job takes a slot like any running job. When more jobs were
     // running than there are slots now, the extra ones run without one.
     let permit = shared.slots.clone().try_acquire_owned().ok();
     shared.running.lock().expect("running lock").insert(

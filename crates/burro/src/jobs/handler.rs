@@ -17,7 +17,7 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = anyhow::Result<Value>> + Se
 /// An in-process handler: receives the job context, returns the result.
 pub type Handler = Arc<dyn Fn(JobContext) -> HandlerFuture + Send + Sync>;
 
-/// What an in-process handler gets: the job, a cancellation token, and
+/// Context of an in-process handler: the job, a cancellation token, and
 /// emitters for progress and logs.
 #[derive(Clone)]
 pub struct JobContext {

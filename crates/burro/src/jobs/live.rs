@@ -2,7 +2,7 @@
 //!
 //! Progress and heartbeats change many times a second, so they are kept in
 //! memory and written to the store in one batch per flush interval: the
-//! store sees at most one write per job per interval, never one per message.
+//! store gets at most one write per job per interval, never one per message.
 //! Reads of a running job overlay the in-memory values, so callers see the
 //! latest progress before it is flushed.
 

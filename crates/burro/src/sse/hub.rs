@@ -24,7 +24,7 @@ pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Default reconnection delay sent to browsers in the `retry:` field.
 pub const DEFAULT_RETRY: Duration = Duration::from_secs(3);
 
-/// Name of the event that asks a reconnecting client to reload its state.
+/// Name of the event that requests a reconnecting client to reload its state.
 pub const RESYNC_EVENT: &str = "resync";
 
 /// Limits and timings of an [`Sse`] hub.
@@ -127,7 +127,7 @@ impl Sse {
     /// Without `last_event_id` the stream starts with the next message. With
     /// an id of this hub whose successors are all still in the ring, the
     /// stream first yields the missed messages of its channels, in order.
-    /// Otherwise it first yields one [`RESYNC_EVENT`] event that asks the
+    /// Otherwise it first yields one [`RESYNC_EVENT`] event that requests the
     /// client to reload its state. Its data is `{"reason": R}`, where R is
     /// `invalid_id` (not of the form `<epoch>-<sequence>`), `epoch_changed`
     /// (another hub instance, such as the server before a restart),

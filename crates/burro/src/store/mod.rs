@@ -111,7 +111,7 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// What another node announced through the database.
+/// Announcement from another node, received through the database.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notice {
     /// Jobs were enqueued or became due: claim now.

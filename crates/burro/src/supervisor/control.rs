@@ -116,7 +116,7 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
     loop {
         // Process everything already buffered, then acknowledge. Long batches
         // (a slow event subscriber) are acknowledged as they go, so the shim
-        // sees a live server and does not give up waiting.
+        // keeps hearing from a live server and does not give up waiting.
         let mut processed_any = false;
         while let Some(event) = lines.next_event() {
             match event {

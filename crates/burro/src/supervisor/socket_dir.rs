@@ -4,7 +4,7 @@ use burro_protocol::UNIX_SOCKET_PATH_MAX;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-/// Longest job id the server generates (a hyphenated UUID).
+/// Maximum length of a job id the server generates (a hyphenated UUID).
 pub const MAX_JOB_ID_LEN: usize = 36;
 
 /// Creates the socket directory with mode 0700 if absent, or checks that
@@ -63,7 +63,7 @@ pub fn job_socket_path(dir: &Path, job_id: &str) -> std::path::PathBuf {
     dir.join(format!("job_{job_id}.sock"))
 }
 
-/// Returns the directory that holds the per-job directories of jobs that
+/// Returns the directory that contains the per-job directories of jobs that
 /// run as another user: `<socket_dir>-users`, mode 0711, so those users can
 /// pass through it to their own directory without listing it.
 pub fn users_dir(dir: &Path) -> std::path::PathBuf {

@@ -85,7 +85,7 @@ pub fn worker(name: &str) -> String {
     path.display().to_string()
 }
 
-/// An external job running `interpreter worker`.
+/// Returns an external job that runs `interpreter worker`.
 pub fn external(interpreter: &str, script: &str) -> ExternalJobConfig {
     ExternalJobConfig {
         command: interpreter.into(),
