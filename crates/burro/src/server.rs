@@ -134,7 +134,10 @@ impl AppServer {
         std::fs::create_dir_all(&data_dir)
             .map_err(|e| ServerError::Setup(format!("creating the data directory {} failed: {e}", data_dir.display())))?;
         let lock = lock_data_dir(&data_dir)?;
-        let node_id = node_id(&data_dir)?;
+        let node_id = match &config.server.node_id {
+            Some(id) => id.clone(),
+            None => node_id(&data_dir)?,
+        };
 
         let store = crate::store::open(&config.database_url(), config.server.database_pool_size).await?;
         let events = Events::new(EventsConfig::default());
@@ -144,6 +147,11 @@ impl AppServer {
             .map_err(|e| ServerError::Setup(format!("creating the log directory under {} failed: {e}", data_dir.display())))?
             .with_max_bytes(config.external.max_log_bytes);
         let dyn_store: Arc<dyn Store> = store.clone();
+        let logs = if dyn_store.is_shared() {
+            logs.mirror_to(dyn_store.clone(), config.server.database_log_lines)
+        } else {
+            logs
+        };
         let supervisor = Supervisor::start(SupervisorSettings::from_config(&config), events.clone(), live.clone(), logs.clone(), dyn_store.clone())
             .await
             .map_err(ServerError::Setup)?;
@@ -154,6 +162,9 @@ impl AppServer {
             poll_interval: config.jobs.poll_interval,
             node_id,
             retention: config.jobs.retention,
+            lease_ttl: config.server.lease_ttl,
+            rescue_after: config.server.rescue_after,
+            database_log_lines: config.server.database_log_lines,
         };
         let jobs = Jobs::new(dyn_store, events.clone(), live, logs, supervisor, settings);
         let metrics = jobs.clone();
@@ -345,6 +356,7 @@ async fn share_with_other_nodes(core: &Core, store: Arc<dyn Store>) {
         while let Some(notice) = notices.recv().await {
             match notice {
                 crate::store::Notice::JobsChanged => receiver.jobs.wake(),
+                crate::store::Notice::Cancel(id) => receiver.jobs.cancel_local(&id),
                 crate::store::Notice::Resync => {
                     receiver.jobs.wake();
                     receiver.sse.broadcast_all("resync", &serde_json::json!({"reason": "database_reconnected"}));

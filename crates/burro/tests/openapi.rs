@@ -17,6 +17,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/jobs/{id}/events", &["get"]),
     ("/api/events", &["get"]),
     ("/api/stats", &["get"]),
+    ("/api/nodes", &["get"]),
     ("/api/purge", &["post"]),
     ("/api/session", &["post"]),
     ("/api/openapi.json", &["get"]),

@@ -9,21 +9,6 @@ use burro::store::JobStatus;
 use common::*;
 use serde_json::json;
 
-/// Returns a database URL whose search path is a fresh schema.
-async fn schema_url(test: &str) -> Option<String> {
-    let Ok(url) = std::env::var("BURRO_TEST_POSTGRES_URL") else {
-        assert!(std::env::var("CI").is_err(), "{test}: BURRO_TEST_POSTGRES_URL is not set under CI; run ./scripts/test");
-        eprintln!("skipped {test}: BURRO_TEST_POSTGRES_URL is not set");
-        return None;
-    };
-    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
-    let admin = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.unwrap();
-    admin.close().await;
-    let separator = if url.contains('?') { '&' } else { '?' };
-    Some(format!("{url}{separator}options=-c%20search_path%3D{schema}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_jobs_run_on_postgres() {
     let Some(url) = schema_url("external_jobs_run_on_postgres").await else { return };

@@ -64,6 +64,7 @@ fn claim(names: &[&str], limit: u32, now_ms: i64) -> ClaimRequest {
         limit,
         now_ms,
         node_id: "node-a".into(),
+        lease_generation: None,
     }
 }
 
@@ -94,6 +95,7 @@ async fn insert_get_and_list(store: Arc<dyn Store>) {
             name: Some("resize".into()),
             limit: 1,
             offset: 1,
+            after: None,
         })
         .await
         .unwrap();
@@ -163,6 +165,7 @@ fn finish(id: &str, attempt: u32, status: JobStatus) -> JobFinish {
         run_at: None,
         progress_percent: None,
         progress_message: None,
+        node_id: None,
     }
 }
 
@@ -223,6 +226,7 @@ async fn live_updates_and_running_jobs(store: Arc<dyn Store>) {
         pid: Some(4242),
         process_state: Some(ProcessState::Running),
         shim_token: Some("token".into()),
+        node_id: Some("node-a".into()),
     };
     store.job_spawned(&spawned).await.unwrap();
     let updates = vec![
@@ -241,9 +245,27 @@ async fn live_updates_and_running_jobs(store: Arc<dyn Store>) {
             process_state: None,
         },
     ];
-    store.jobs_live_flush(&updates).await.unwrap();
+    store
+        .jobs_live_flush(Some("node-a"), &updates)
+        .await
+        .unwrap();
+    let other_node = vec![LiveUpdate {
+        id: "l".into(),
+        progress_percent: Some(99.0),
+        progress_message: None,
+        last_heartbeat: None,
+        process_state: None,
+    }];
+    store
+        .jobs_live_flush(Some("node-b"), &other_node)
+        .await
+        .unwrap();
     let job = store.job_get("l").await.unwrap().unwrap();
-    assert_eq!(job.progress_percent, Some(42.5));
+    assert_eq!(
+        job.progress_percent,
+        Some(42.5),
+        "node-b's update is ignored: node-a owns the job"
+    );
     assert_eq!(job.progress_message.as_deref(), Some("half"));
     assert_eq!(job.last_heartbeat, Some(1500));
     assert_eq!(job.pid, Some(4242));
@@ -298,6 +320,96 @@ async fn retry_counts_and_purge(store: Arc<dyn Store>) {
     assert_eq!(store.job_list(&ListQuery { limit: 10, ..Default::default() }).await.unwrap().total, 0);
 }
 
+async fn keyset_pages_follow_the_listing_order(store: Arc<dyn Store>) {
+    // Equal creation times are ordered by id, so the cursor is exact even
+    // when many jobs share a millisecond.
+    for i in 0..25 {
+        store
+            .job_insert(&new_job(
+                &format!("k-{i:02}"),
+                "resize",
+                JobStatus::Pending,
+                1000 + i / 10,
+            ))
+            .await
+            .unwrap();
+    }
+    let everything = store
+        .job_list(&ListQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let expected: Vec<String> = everything.jobs.iter().map(|j| j.id.clone()).collect();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .job_list(&ListQuery {
+                limit: 7,
+                after: after.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.total, 25, "the total ignores the cursor");
+        seen.extend(page.jobs.iter().map(|j| j.id.clone()));
+        if page.jobs.len() < 7 {
+            break;
+        }
+        after = page.jobs.last().map(|j| j.id.clone());
+    }
+    assert_eq!(seen, expected);
+    let filtered = store
+        .job_list(&ListQuery {
+            name: Some("resize".into()),
+            limit: 3,
+            after: Some("k-24".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        filtered
+            .jobs
+            .iter()
+            .map(|j| j.id.as_str())
+            .collect::<Vec<_>>(),
+        ["k-23", "k-22", "k-21"]
+    );
+}
+
+async fn writes_of_another_node_change_nothing(store: Arc<dyn Store>) {
+    store
+        .job_insert(&new_job("owned", "ext", JobStatus::Pending, 1000))
+        .await
+        .unwrap();
+    store.job_claim(&claim(&["ext"], 1, 1000)).await.unwrap();
+    let mut foreign = finish("owned", 1, JobStatus::Completed);
+    foreign.node_id = Some("node-b".into());
+    assert!(
+        !store.job_finish(&foreign).await.unwrap(),
+        "node-b does not own the job"
+    );
+    let spawned = SpawnUpdate {
+        id: "owned".into(),
+        attempt: 1,
+        pid: Some(7),
+        process_state: None,
+        shim_token: Some("forged".into()),
+        node_id: Some("node-b".into()),
+    };
+    store.job_spawned(&spawned).await.unwrap();
+    let job = store.job_get("owned").await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Running);
+    assert_eq!(job.pid, None);
+    assert_eq!(job.shim_token, None);
+    let mut own = finish("owned", 1, JobStatus::Completed);
+    own.node_id = Some("node-a".into());
+    assert!(store.job_finish(&own).await.unwrap());
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod sqlite_store {
@@ -329,4 +441,6 @@ conformance!(
     cancel_only_waiting_jobs,
     live_updates_and_running_jobs,
     retry_counts_and_purge,
+    keyset_pages_follow_the_listing_order,
+    writes_of_another_node_change_nothing,
 );

@@ -32,6 +32,9 @@ pub const DEFAULT_MAX_LOG_LINE: usize = 64 * 1024;
 pub const DEFAULT_MAX_LOG_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_BODY_LIMIT: usize = 10 * 1024 * 1024;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+pub const DEFAULT_RESCUE_AFTER: Duration = Duration::from_secs(30);
+pub const DEFAULT_DATABASE_LOG_LINES: u32 = 1000;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -72,6 +75,21 @@ pub struct ServerConfig {
     /// before the server exits anyway. External jobs keep running. Default 30 s.
     #[serde(with = "serde_duration")]
     pub drain_timeout: Duration,
+    /// Identity of this node among the nodes that share a PostgreSQL
+    /// database. Default: a UUID created once and kept in
+    /// `<data_dir>/node_id`.
+    pub node_id: Option<String>,
+    /// How long a node's lease lasts from each renewal, by the database
+    /// clock. Renewed every third of it. PostgreSQL only. Default 30 s.
+    #[serde(with = "serde_duration")]
+    pub lease_ttl: Duration,
+    /// How long a lease must have been expired before other nodes rescue
+    /// the node's running jobs. PostgreSQL only. Default 30 s.
+    #[serde(with = "serde_duration")]
+    pub rescue_after: Duration,
+    /// Newest log lines per job kept in a PostgreSQL database, so every
+    /// node can serve them. Default 1000.
+    pub database_log_lines: u32,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +104,10 @@ impl Default for ServerConfig {
             api_token: None,
             cors_origins: Vec::new(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            node_id: None,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            rescue_after: DEFAULT_RESCUE_AFTER,
+            database_log_lines: DEFAULT_DATABASE_LOG_LINES,
         }
     }
 }
@@ -475,6 +497,27 @@ impl Config {
             if origin.parse::<axum::http::HeaderValue>().is_err() || !(origin.starts_with("http://") || origin.starts_with("https://")) {
                 return Err(format!("server.cors_origins contains {origin:?}: expected an origin such as \"https://app.example.com\""));
             }
+        }
+        if let Some(node_id) = &self.server.node_id {
+            if node_id.is_empty()
+                || node_id.len() > 128
+                || !node_id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+            {
+                return Err(format!(
+                    "server.node_id is {node_id:?}: expected 1 to 128 ASCII letters, digits, '-', '_', '.' or ':'"
+                ));
+            }
+        }
+        if self.server.lease_ttl < std::time::Duration::from_secs(1) {
+            return Err("server.lease_ttl must be at least 1s".into());
+        }
+        if self.server.rescue_after < std::time::Duration::from_secs(1) {
+            return Err("server.rescue_after must be at least 1s, so live nodes renew their leases after a database outage before any node rescues".into());
+        }
+        if self.server.database_log_lines == 0 {
+            return Err("server.database_log_lines is 0: it must be at least 1".into());
         }
         if self.jobs.poll_interval < std::time::Duration::from_millis(10) {
             return Err("jobs.poll_interval must be at least 10ms".into());

@@ -104,7 +104,7 @@ pub(crate) async fn get_one(State(core): State<Core>, Path(id): Path<String>) ->
     }
 }
 
-/// `GET /api/jobs?status=&name=&limit=&offset=`.
+/// `GET /api/jobs?status=&name=&limit=&offset=&after=`.
 pub(crate) async fn list(State(core): State<Core>, params: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<Response, ApiError> {
     let mut query = ListQuery::default();
     let Query(params) = params.map_err(super::error::query_rejection)?;
@@ -116,9 +116,10 @@ pub(crate) async fn list(State(core): State<Core>, params: Result<Query<Vec<(Str
             "name" if !value.is_empty() => query.name = Some(value),
             "limit" => query.limit = parse_count("limit", &value)?,
             "offset" => query.offset = parse_count("offset", &value)?,
-            "status" | "name" => {}
+            "after" if !value.is_empty() => query.after = Some(value),
+            "status" | "name" | "after" => {}
             other => {
-                return Err(ApiError::bad_request("unknown_parameter", format!("unknown query parameter {other:?}; expected status, name, limit, offset")))
+                return Err(ApiError::bad_request("unknown_parameter", format!("unknown query parameter {other:?}; expected status, name, limit, offset, after")))
             }
         }
     }
@@ -227,10 +228,15 @@ pub(crate) async fn logs(State(core): State<Core>, Path(id): Path<String>, param
     if core.jobs.get(&id).await.map_err(jobs_error)?.is_none() {
         return Err(ApiError::job_not_found(&id));
     }
-    let logs = core.jobs.logs().clone();
-    let job_id = id.clone();
-    let entries = tokio::task::spawn_blocking(move || logs.read(&job_id, tail)).await.map_err(ApiError::internal)?;
+    let entries = core.jobs.read_logs(&id, tail).await.map_err(jobs_error)?;
     Ok(Json(json!({"jobId": id, "entries": entries})).into_response())
+}
+
+/// `GET /api/nodes`: the nodes sharing this server's database, with their
+/// leases; empty on SQLite.
+pub(crate) async fn nodes(State(core): State<Core>) -> Result<Response, ApiError> {
+    let nodes = core.jobs.nodes().await.map_err(jobs_error)?;
+    Ok(Json(json!({"self": core.jobs.node_id(), "nodes": nodes})).into_response())
 }
 
 /// `GET /health`: the store, the control socket and the dispatcher.

@@ -22,6 +22,7 @@ pub fn router(core: Core, body_limit: usize, cors_origins: &[String]) -> Router 
         .route("/api/jobs/{id}/cancel", post(jobs::cancel))
         .route("/api/jobs/{id}/retry", post(jobs::retry))
         .route("/api/stats", get(jobs::stats))
+        .route("/api/nodes", get(jobs::nodes))
         .route("/api/purge", post(jobs::purge))
         .route("/metrics", get(jobs::metrics))
         .route("/api/jobs/{id}/logs", get(jobs::logs))

@@ -33,6 +33,7 @@ pub(crate) async fn dispatcher(shared: Arc<Shared>) {
                 limit: free as u32,
                 now_ms: now_ms(),
                 node_id: shared.settings.node_id.clone(),
+                lease_generation: shared.store.is_shared().then(|| shared.lease_generation.load(std::sync::atomic::Ordering::SeqCst)),
             };
             match shared.store.job_claim(&request).await {
                 Ok(jobs) => {
@@ -82,7 +83,7 @@ pub(crate) async fn flusher(shared: Arc<Shared>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = ticker.tick() => shared.live.flush(shared.store.as_ref()).await,
+            _ = ticker.tick() => shared.live.flush(shared.store.as_ref(), Some(&shared.settings.node_id)).await,
             _ = shared.shutdown.cancelled() => return,
         }
     }
@@ -100,6 +101,7 @@ async fn execute(shared: Arc<Shared>, job: Job, permit: OwnedSemaphorePermit) {
             external: job.external,
             token: token.clone(),
             cancel_requested: cancelled_early,
+            fenced: false,
         },
     );
     tracing::info!(job_id = %job.id, job_name = %job.name, attempt = job.attempts, "job started");
@@ -132,17 +134,21 @@ async fn execute(shared: Arc<Shared>, job: Job, permit: OwnedSemaphorePermit) {
         }
     };
 
-    let cancel_requested = shared
-        .running
-        .lock()
-        .expect("running lock")
-        .remove(&job.id)
-        .is_some_and(|entry| entry.cancel_requested);
+    let (cancel_requested, fenced) = match shared.running.lock().expect("running lock").remove(&job.id) {
+        Some(entry) => (entry.cancel_requested, entry.fenced),
+        None => (false, false),
+    };
     let outcome = match outcome {
         Outcome::Completed(_) | Outcome::Failed { .. } if cancel_requested && !job.external => Outcome::Cancelled,
         other => other,
     };
-    finish(&shared, &job, outcome).await;
+    if fenced {
+        // Another node rescued the job; its end belongs to that node.
+        shared.live.remove(&job.id);
+        tracing::info!(job_id = %job.id, attempt = job.attempts, "a job rescued by another node stopped here");
+    } else {
+        finish(&shared, &job, outcome).await;
+    }
     if job.external {
         shared.supervisor.release(&job.id);
     }
@@ -215,6 +221,7 @@ pub(crate) async fn recover_external(shared: Arc<Shared>, job: Job, adoption: cr
             external: true,
             token: CancellationToken::new(),
             cancel_requested: false,
+            fenced: false,
         },
     );
     let summary = shared.supervisor.recover(adoption, &job).await;
@@ -222,8 +229,10 @@ pub(crate) async fn recover_external(shared: Arc<Shared>, job: Job, adoption: cr
         shared.metrics.count(JobCounter::Lost, &job.name);
         shared.events.emit("job.lost", json!({"jobId": job.id, "name": job.name, "attempt": job.attempts})).await;
     }
-    shared.running.lock().expect("running lock").remove(&job.id);
-    finish(&shared, &job, external_outcome(&summary)).await;
+    let fenced = shared.running.lock().expect("running lock").remove(&job.id).is_some_and(|entry| entry.fenced);
+    if !fenced {
+        finish(&shared, &job, external_outcome(&summary)).await;
+    }
     shared.supervisor.release(&job.id);
     drop(permit);
     shared.wake.notify_one();
@@ -262,7 +271,7 @@ pub(crate) async fn recover_lost(shared: &Arc<Shared>, job: Job) {
 
 /// Stores the end of an attempt and emits its events: `job.completed`,
 /// `job.retrying`, `job.failed` or `job.cancelled`.
-async fn finish(shared: &Arc<Shared>, job: &Job, outcome: Outcome) {
+pub(crate) async fn finish(shared: &Arc<Shared>, job: &Job, outcome: Outcome) {
     let now = now_ms();
     let live = shared.live.remove(&job.id).unwrap_or_default();
     let mut record = JobFinish {
@@ -276,6 +285,7 @@ async fn finish(shared: &Arc<Shared>, job: &Job, outcome: Outcome) {
         run_at: None,
         progress_percent: live.progress_percent,
         progress_message: live.progress_message.clone(),
+        node_id: Some(shared.settings.node_id.clone()),
     };
     let (id, name, attempt) = (&job.id, &job.name, job.attempts);
     if let Some(started) = job.started_at {
@@ -327,16 +337,30 @@ async fn finish(shared: &Arc<Shared>, job: &Job, outcome: Outcome) {
 
     // A store outage must not lose the end of a job: retry until it is written.
     let mut delay = Duration::from_millis(100);
+    let mut failures = 0u32;
     loop {
         match shared.store.job_finish(&record).await {
-            Ok(true) => break,
+            Ok(true) => {
+                if failures > 0 {
+                    tracing::info!(job_id = %id, attempt, failures, "recorded the end of the job after the store came back");
+                }
+                break;
+            }
             Ok(false) => {
-                tracing::warn!(job_id = %id, attempt, "the job's row changed meanwhile; its end was not recorded");
+                tracing::warn!(
+                    job_id = %id, attempt,
+                    "the job's row changed meanwhile (cancelled, or rescued by another node); its end was not recorded"
+                );
                 return;
             }
             Err(err) => {
                 shared.metrics.store_error();
-                tracing::error!(job_id = %id, attempt, error = %err, "recording the end of the job failed; retrying");
+                if failures == 0 {
+                    tracing::error!(job_id = %id, attempt, error = %err, "recording the end of the job failed; retrying until it is recorded");
+                } else {
+                    tracing::debug!(job_id = %id, attempt, error = %err, "recording the end of the job failed again");
+                }
+                failures += 1;
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

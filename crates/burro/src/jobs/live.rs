@@ -26,6 +26,8 @@ pub struct LiveValues {
 
 #[derive(Default)]
 struct State {
+    /// The last flush failed.
+    failing: bool,
     current: HashMap<String, LiveValues>,
     dirty: HashMap<String, LiveUpdate>,
 }
@@ -105,18 +107,32 @@ impl Live {
         state.dirty.drain().map(|(_, update)| update).collect()
     }
 
-    /// Writes pending updates to the store.
-    pub async fn flush(&self, store: &dyn Store) {
+    /// Writes pending updates to the store; with `node_id`, only to jobs
+    /// that node still owns. A failure is logged when writing starts to
+    /// fail and when it works again, not at every flush.
+    pub async fn flush(&self, store: &dyn Store, node_id: Option<&str>) {
         let updates = self.take_dirty();
         if updates.is_empty() {
             return;
         }
-        if let Err(err) = store.jobs_live_flush(&updates).await {
-            tracing::warn!(error = %err, count = updates.len(), "writing job progress failed; retrying at the next flush");
-            let mut state = self.state.lock().expect("live state lock");
-            for update in updates {
-                // Newer values recorded meanwhile win over the failed batch.
-                state.dirty.entry(update.id.clone()).or_insert(update);
+        match store.jobs_live_flush(node_id, &updates).await {
+            Ok(()) => {
+                let mut state = self.state.lock().expect("live state lock");
+                if state.failing {
+                    state.failing = false;
+                    tracing::info!("writing job progress works again");
+                }
+            }
+            Err(err) => {
+                let mut state = self.state.lock().expect("live state lock");
+                if !state.failing {
+                    state.failing = true;
+                    tracing::warn!(error = %err, count = updates.len(), "writing job progress failed; retrying at every flush");
+                }
+                for update in updates {
+                    // Newer values recorded meanwhile win over the failed batch.
+                    state.dirty.entry(update.id.clone()).or_insert(update);
+                }
             }
         }
     }

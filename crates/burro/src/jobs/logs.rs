@@ -7,12 +7,28 @@
 //! A file that would grow past the size cap is renamed to `<id>.log.1`,
 //! replacing an older one, and a new `<id>.log` is started. A job therefore
 //! keeps at most about twice the cap on disk.
+//!
+//! On a store shared by several nodes, every entry is also queued for the
+//! store, which keeps the newest lines of each job so that any node can
+//! serve them. When the queue is full (the database is slow or down), lines
+//! are left out of the store and counted; the file still has them.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+use crate::store::{JobLogLine, Store};
+
+/// Log lines queued for the store before new ones are left out.
+const MIRROR_QUEUE: usize = 10_000;
+/// Log lines written to the store per transaction.
+const MIRROR_BATCH: usize = 1000;
 
 /// One line of a job log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,6 +53,15 @@ pub const DEFAULT_MAX_LOG_BYTES: u64 = 64 * 1024 * 1024;
 pub struct JobLogs {
     dir: PathBuf,
     max_bytes: u64,
+    mirror: Option<Mirror>,
+}
+
+/// Queue of log lines for the store.
+#[derive(Debug, Clone)]
+struct Mirror {
+    tx: mpsc::Sender<JobLogLine>,
+    /// Lines left out because the queue was full, since the last report.
+    dropped: Arc<AtomicU64>,
 }
 
 impl JobLogs {
@@ -50,7 +75,28 @@ impl JobLogs {
         Ok(Self {
             dir,
             max_bytes: DEFAULT_MAX_LOG_BYTES,
+            mirror: None,
         })
+    }
+
+    /// Also keeps the newest `keep` lines of each job in `store`, written
+    /// in batches by a background task. Must be called within a Tokio
+    /// runtime.
+    #[must_use]
+    pub fn mirror_to(mut self, store: Arc<dyn Store>, keep: u32) -> Self {
+        let (tx, rx) = mpsc::channel(MIRROR_QUEUE);
+        let mirror = Mirror {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        tokio::spawn(mirror_writer(store, keep, rx, mirror.dropped.clone()));
+        self.mirror = Some(mirror);
+        self
+    }
+
+    /// Returns true when entries are also kept in the store.
+    pub fn is_mirrored(&self) -> bool {
+        self.mirror.is_some()
     }
 
     /// Sets the size at which a job's log file is rotated.
@@ -77,7 +123,12 @@ impl JobLogs {
 
     /// Opens a job's log for appending.
     pub fn writer(&self, job_id: &str) -> LogWriter {
-        LogWriter::open(&self.path(job_id), self.max_bytes)
+        let mut writer = LogWriter::open(&self.path(job_id), self.max_bytes);
+        writer.mirror = self
+            .mirror
+            .clone()
+            .map(|mirror| (job_id.to_string(), mirror));
+        writer
     }
 
     /// Reads the last `tail` entries of a job's log (all when `None`): the
@@ -106,6 +157,51 @@ impl JobLogs {
     }
 }
 
+/// Writes queued log lines to the store in batches. While the store fails,
+/// the batch is retried with a growing delay and newer lines wait in the
+/// queue, or are left out once it is full.
+async fn mirror_writer(
+    store: Arc<dyn Store>,
+    keep: u32,
+    mut rx: mpsc::Receiver<JobLogLine>,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut failing = false;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MIRROR_BATCH {
+            match rx.try_recv() {
+                Ok(line) => batch.push(line),
+                Err(_) => break,
+            }
+        }
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match store.job_logs_append(&batch, keep).await {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("storing job log lines in the database works again");
+                        failing = false;
+                    }
+                    break;
+                }
+                Err(err) => {
+                    if !failing {
+                        tracing::warn!(error = %err, "storing job log lines in the database failed; retrying");
+                        failing = true;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            tracing::warn!(lines = lost, "job log lines were left out of the database because its queue was full; the log files keep them");
+        }
+    }
+}
+
 fn rotated(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".1");
@@ -116,6 +212,8 @@ fn rotated(path: &Path) -> PathBuf {
 /// then ignored: a full disk must not fail the job.
 pub struct LogWriter {
     path: PathBuf,
+    /// The job id and the store queue, on a shared store.
+    mirror: Option<(String, Mirror)>,
     file: Option<BufWriter<File>>,
     failed: bool,
     /// Size of the current file, counting buffered entries.
@@ -138,6 +236,7 @@ impl LogWriter {
         };
         Self {
             path: path.to_path_buf(),
+            mirror: None,
             file,
             failed,
             size,
@@ -149,10 +248,23 @@ impl LogWriter {
     /// the size cap, the file is rotated first. An entry larger than the
     /// cap is written whole to a new file.
     pub fn append(&mut self, entry: &LogEntry) {
-        if self.file.is_none() {
+        if self.file.is_none() && self.mirror.is_none() {
             return;
         }
         let mut line = serde_json::to_vec(entry).expect("log entry serializes");
+        if let Some((job_id, mirror)) = &self.mirror {
+            let text = String::from_utf8_lossy(&line).into_owned();
+            let queued = mirror.tx.try_send(JobLogLine {
+                job_id: job_id.clone(),
+                line: text,
+            });
+            if queued.is_err() {
+                mirror.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if self.file.is_none() {
+            return;
+        }
         line.push(b'\n');
         if self.size > 0 && self.size.saturating_add(line.len() as u64) > self.max_bytes {
             self.rotate();

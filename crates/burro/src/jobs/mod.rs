@@ -2,6 +2,7 @@
 
 mod dispatch;
 mod handler;
+mod lease;
 mod live;
 mod logs;
 mod outcome;

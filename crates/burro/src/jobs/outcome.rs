@@ -21,6 +21,8 @@ pub enum KillReason {
     HeartbeatTimeout,
     /// The job sent its terminal message but did not exit within the grace.
     Finished,
+    /// Other nodes rescued the job while this node had lost its lease.
+    Fenced,
 }
 
 impl KillReason {
@@ -29,6 +31,7 @@ impl KillReason {
             KillReason::Cancel => "cancel",
             KillReason::HeartbeatTimeout => "heartbeat timeout",
             KillReason::Finished => "finished",
+            KillReason::Fenced => "rescued by another node",
         }
     }
 }

@@ -29,6 +29,12 @@ pub struct JobsSettings {
     pub poll_interval: Duration,
     pub node_id: String,
     pub retention: crate::config::Retention,
+    /// Node lease length on a shared store.
+    pub lease_ttl: Duration,
+    /// Expired time after which other nodes rescue a node's jobs.
+    pub rescue_after: Duration,
+    /// Newest log lines per job kept in a shared store.
+    pub database_log_lines: u32,
 }
 
 /// An external job as registered: its command and its effective limits.
@@ -63,6 +69,9 @@ pub struct EnqueueOptions {
 pub struct JobList {
     pub jobs: Vec<JobView>,
     pub total: u64,
+    /// Cursor of the next page (`after=<next>`), when this page is full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// Result of [`Jobs::cancel`].
@@ -175,6 +184,8 @@ pub(crate) struct RunningEntry {
     pub external: bool,
     pub token: CancellationToken,
     pub cancel_requested: bool,
+    /// Another node rescued the job: its end here is not recorded.
+    pub fenced: bool,
 }
 
 /// State shared by the service handle, the dispatcher and the executors.
@@ -193,6 +204,8 @@ pub(crate) struct Shared {
     pub early_cancels: Mutex<HashSet<String>>,
     pub shutdown: CancellationToken,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// This node's lease generation on a shared store.
+    pub lease_generation: std::sync::atomic::AtomicI64,
 }
 
 /// Handle to the jobs service; cheap to clone.
@@ -226,6 +239,7 @@ impl Jobs {
                 early_cancels: Mutex::new(HashSet::new()),
                 shutdown: CancellationToken::new(),
                 metrics: Arc::new(crate::metrics::Metrics::default()),
+                lease_generation: std::sync::atomic::AtomicI64::new(0),
             }),
         }
     }
@@ -369,10 +383,24 @@ impl Jobs {
             query.limit = 50;
         }
         query.limit = query.limit.min(MAX_LIST_LIMIT);
+        if let Some(after) = &query.after {
+            if query.offset > 0 {
+                return Err(JobsError::InvalidOption("use either after or offset, not both: after continues from a job id, offset skips rows".into()));
+            }
+            if self.shared.store.job_get(after).await?.is_none() {
+                return Err(JobsError::InvalidOption(format!(
+                    "after is {after:?}, which is not a job id: pass the id of the last job of the previous page"
+                )));
+            }
+        }
         let page = self.shared.store.job_list(&query).await?;
+        let next = (page.jobs.len() == query.limit as usize)
+            .then(|| page.jobs.last().map(|job| job.id.clone()))
+            .flatten();
         Ok(JobList {
             jobs: page.jobs.into_iter().map(|job| self.view(job)).collect(),
             total: page.total,
+            next,
         })
     }
 
@@ -424,9 +452,32 @@ impl Jobs {
                 drop(running);
                 self.shared.early_cancels.lock().expect("early cancels lock").insert(job.id.clone());
             }
-            _ => {
-                tracing::warn!(job_id = %job.id, node_id = ?job.node_id, "cannot cancel a job running on another node");
+            _ if self.shared.store.is_shared() => {
+                drop(running);
+                tracing::info!(job_id = %job.id, node_id = ?job.node_id, "cancel requested for a job running on another node");
+                let store = self.shared.store.clone();
+                let id = job.id.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = store.job_cancel_announce(&id).await {
+                        tracing::warn!(job_id = %id, error = %err, "asking the node that runs the job to cancel it failed");
+                    }
+                });
             }
+            _ => {
+                tracing::warn!(job_id = %job.id, node_id = ?job.node_id, "cannot cancel a job that this node does not run");
+            }
+        }
+    }
+
+    /// Stops a job this node runs, at the request of another node.
+    pub(crate) fn cancel_local(&self, id: &str) {
+        let mut running = self.shared.running.lock().expect("running lock");
+        if let Some(entry) = running.get_mut(id) {
+            entry.cancel_requested = true;
+            entry.token.cancel();
+            drop(running);
+            tracing::info!(job_id = %id, "cancel requested by another node");
+            self.shared.supervisor.request_cancel(id);
         }
     }
 
@@ -435,6 +486,9 @@ impl Jobs {
     /// their exit records. In-process jobs cannot survive a stop, so each
     /// emits `job.lost` and is retried or failed according to its attempts.
     pub(crate) async fn recover_interrupted(&self) {
+        if self.shared.store.is_shared() && !super::lease::acquire(&self.shared).await {
+            return;
+        }
         let jobs = match self.shared.store.jobs_running(&self.shared.settings.node_id).await {
             Ok(jobs) => jobs,
             Err(err) => {
@@ -472,6 +526,9 @@ impl Jobs {
         tokio::spawn(super::dispatch::dispatcher(self.shared.clone()));
         tokio::spawn(super::dispatch::flusher(self.shared.clone()));
         tokio::spawn(retention_sweeper(self.clone()));
+        if self.shared.store.is_shared() {
+            tokio::spawn(super::lease::keeper(self.shared.clone()));
+        }
     }
 
     /// Starts a new attempt of a `failed` or `cancelled` job: it becomes
@@ -561,7 +618,13 @@ impl Jobs {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.shared.live.flush(self.shared.store.as_ref()).await;
+        self.shared
+            .live
+            .flush(
+                self.shared.store.as_ref(),
+                Some(&self.shared.settings.node_id),
+            )
+            .await;
     }
 
     /// Returns the events bus the service emits on.
@@ -572,6 +635,46 @@ impl Jobs {
     /// Returns the job log files.
     pub fn logs(&self) -> &JobLogs {
         &self.shared.logs
+    }
+
+    /// Returns the last `tail` log entries of a job (all when `None`). On a
+    /// store shared by several nodes they come from the store, which keeps
+    /// the newest `database_log_lines` of each job, so every node serves
+    /// the same log wherever the job ran; otherwise from the log files.
+    ///
+    /// # Errors
+    ///
+    /// Returns a store error.
+    pub async fn read_logs(
+        &self,
+        id: &str,
+        tail: Option<usize>,
+    ) -> Result<Vec<super::LogEntry>, JobsError> {
+        if self.shared.logs.is_mirrored() {
+            let lines = self.shared.store.job_logs_read(id, tail).await?;
+            return Ok(lines
+                .iter()
+                .filter_map(|line| serde_json::from_str(line).ok())
+                .collect());
+        }
+        let logs = self.shared.logs.clone();
+        let job_id = id.to_string();
+        match tokio::task::spawn_blocking(move || logs.read(&job_id, tail)).await {
+            Ok(entries) => Ok(entries),
+            Err(err) => {
+                tracing::error!(job_id = %id, error = %err, "reading the job log failed");
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Returns the nodes that share this server's store, with their leases.
+    ///
+    /// # Errors
+    ///
+    /// Returns a store error.
+    pub async fn nodes(&self) -> Result<Vec<crate::store::NodeLease>, JobsError> {
+        Ok(self.shared.store.nodes_list().await?)
     }
 }
 

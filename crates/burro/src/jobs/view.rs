@@ -30,6 +30,8 @@ pub struct JobView {
     pub last_heartbeat: Option<String>,
     /// Per-attempt time limit in milliseconds, if any.
     pub timeout: Option<i64>,
+    /// The node that runs or last ran the job.
+    pub node_id: Option<String>,
 }
 
 /// Last reported progress.
@@ -66,6 +68,7 @@ impl JobView {
             process_state: job.process_state,
             last_heartbeat: job.last_heartbeat.map(to_rfc3339),
             timeout: job.timeout_ms,
+            node_id: job.node_id,
         };
         if let (JobStatus::Running, Some(live)) = (view.status, live) {
             if live.progress_percent.is_some() {

@@ -27,6 +27,8 @@ pub enum StoreError {
     Corrupt { id: String, message: String },
     #[error("invalid database URL {url:?}: {message}")]
     Url { url: String, message: String },
+    #[error("the database did not answer within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 /// The persistence contract of the jobs service.
@@ -75,7 +77,12 @@ pub trait Store: Send + Sync + 'static {
     async fn job_cancel_waiting(&self, id: &str, now_ms: i64) -> Result<CancelWaiting, StoreError>;
 
     /// Writes coalesced progress and heartbeats of running jobs in one batch.
-    async fn jobs_live_flush(&self, updates: &[LiveUpdate]) -> Result<(), StoreError>;
+    /// With `node_id`, only jobs this node still owns are updated.
+    async fn jobs_live_flush(
+        &self,
+        node_id: Option<&str>,
+        updates: &[LiveUpdate],
+    ) -> Result<(), StoreError>;
 
     /// Returns the running jobs owned by `node_id`, oldest start first.
     async fn jobs_running(&self, node_id: &str) -> Result<Vec<Job>, StoreError>;
@@ -109,6 +116,101 @@ pub trait Store: Send + Sync + 'static {
     fn is_shared(&self) -> bool {
         false
     }
+
+    /// Takes or takes back the lease of `node_id` for `ttl`, judged by the
+    /// database clock, and returns its generation. A store with one node
+    /// returns 0.
+    ///
+    /// # Errors
+    ///
+    /// Returns a store error.
+    async fn node_lease_acquire(
+        &self,
+        _node_id: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<i64, StoreError> {
+        Ok(0)
+    }
+
+    /// Extends the lease of `node_id` by `ttl` from the database's now, if
+    /// it still has `generation`. `after_failure` says that the previous
+    /// renewal failed: the node then counts as healthy only from now on,
+    /// so it rescues nobody until it has stayed healthy for `rescue_after`.
+    ///
+    /// # Errors
+    ///
+    /// Returns a store error; the lease is then unchanged.
+    async fn node_lease_renew(
+        &self,
+        _node_id: &str,
+        _generation: i64,
+        _ttl: std::time::Duration,
+        _after_failure: bool,
+    ) -> Result<LeaseRenewal, StoreError> {
+        Ok(LeaseRenewal::Renewed)
+    }
+
+    /// Takes over the running jobs of nodes whose lease expired more than
+    /// `rescue_after` ago, by the database clock: those nodes are fenced
+    /// (their generation changes) and their running jobs become owned by
+    /// `rescuer`, which returns them still `running` so it can end their
+    /// attempts. Nothing is rescued unless the rescuer's own lease is valid
+    /// and has been renewed without failure for `rescue_after`, so that
+    /// after a database outage every node renews before any node rescues.
+    ///
+    /// # Errors
+    ///
+    /// Returns a store error; nothing is then changed.
+    async fn nodes_rescue(
+        &self,
+        _rescuer: &str,
+        _rescue_after: std::time::Duration,
+    ) -> Result<Vec<RescuedJob>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Lists the nodes that hold or held a lease.
+    ///
+    /// # Errors
+    ///
+    /// Returns a store error.
+    async fn nodes_list(&self) -> Result<Vec<NodeLease>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Appends job log lines and keeps at most `keep` lines per job, the
+    /// newest. A store with one node keeps logs in files only.
+    ///
+    /// # Errors
+    ///
+    /// Returns a store error; the lines are then not stored.
+    async fn job_logs_append(&self, _lines: &[JobLogLine], _keep: u32) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Returns the last `tail` stored log lines of a job (all when `None`),
+    /// oldest first.
+    ///
+    /// # Errors
+    ///
+    /// Returns a store error.
+    async fn job_logs_read(
+        &self,
+        _job_id: &str,
+        _tail: Option<usize>,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Asks every node to stop the running job `job_id`; the node that runs
+    /// it does.
+    ///
+    /// # Errors
+    ///
+    /// Returns a store error; the request is then not announced.
+    async fn job_cancel_announce(&self, _job_id: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Announcement from another node, received through the database.
@@ -121,6 +223,8 @@ pub enum Notice {
     /// The listening connection was lost and is back: notices may have been
     /// missed, so poll the store and tell SSE clients to reload.
     Resync,
+    /// A node was asked to cancel this running job.
+    Cancel(String),
 }
 
 /// Opens the store a database URL names: `sqlite://PATH` or

@@ -147,6 +147,9 @@ pub struct ListQuery {
     pub name: Option<String>,
     pub limit: u32,
     pub offset: u32,
+    /// Keyset cursor: only jobs that come after the job with this id in
+    /// the listing order (newest first). Cheaper than a large `offset`.
+    pub after: Option<String>,
 }
 
 /// One page of jobs.
@@ -163,6 +166,9 @@ pub struct ClaimRequest {
     pub limit: u32,
     pub now_ms: i64,
     pub node_id: String,
+    /// On a shared store: the claimer's lease generation. Nothing is
+    /// claimed unless the node's lease has this generation and is unexpired.
+    pub lease_generation: Option<i64>,
 }
 
 /// Parameters of [`super::Store::job_spawned`].
@@ -174,6 +180,8 @@ pub struct SpawnUpdate {
     /// Unchanged when `None`.
     pub process_state: Option<ProcessState>,
     pub shim_token: Option<String>,
+    /// When set, applies only while the job is owned by this node.
+    pub node_id: Option<String>,
 }
 
 /// The end of an attempt, as written by [`super::Store::job_finish`].
@@ -193,6 +201,9 @@ pub struct JobFinish {
     /// Last progress of the attempt, flushed with the final state.
     pub progress_percent: Option<f64>,
     pub progress_message: Option<String>,
+    /// When set, applies only while the job is owned by this node: a node
+    /// whose jobs were rescued by another cannot record their end.
+    pub node_id: Option<String>,
 }
 
 /// Result of [`super::Store::job_cancel_waiting`].
@@ -229,4 +240,48 @@ pub struct LiveUpdate {
     pub progress_message: Option<String>,
     pub last_heartbeat: Option<i64>,
     pub process_state: Option<ProcessState>,
+}
+
+/// The lease of a server node on a shared store, as listed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeLease {
+    pub id: String,
+    /// Incremented each time other nodes rescue this node's jobs.
+    pub generation: i64,
+    /// Milliseconds since the Unix epoch, by the database clock.
+    pub expires_at: i64,
+    /// True while the lease is unexpired by the database clock.
+    pub alive: bool,
+    /// True after a rescue, until the node takes its lease again.
+    pub fenced: bool,
+    /// Running jobs the node owns.
+    pub running: u64,
+}
+
+/// A running job taken over from a node whose lease expired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RescuedJob {
+    /// The job, still `running`, now owned by the rescuer.
+    pub job: Job,
+    /// The node that ran it.
+    pub from_node: String,
+}
+
+/// Result of [`super::Store::node_lease_renew`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseRenewal {
+    Renewed,
+    /// The lease was taken from the node: its jobs were rescued by others,
+    /// or its row is gone. The node must take a new lease and stop the jobs
+    /// it no longer owns.
+    Lost,
+}
+
+/// One line of a job log as kept by a shared store: the NDJSON text of a
+/// log entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobLogLine {
+    pub job_id: String,
+    pub line: String,
 }

@@ -17,6 +17,37 @@ pub const DEFAULT_POOL_SIZE: u32 = 10;
 const JOBS_CHANNEL: &str = "burro_jobs";
 /// Channel that carries events between nodes.
 const EVENTS_CHANNEL: &str = "burro_events";
+/// Channel that asks the node running a job to cancel it.
+const CANCEL_CHANNEL: &str = "burro_cancel";
+
+/// Notification channels of one schema. Channels are shared by the whole
+/// database, so queues in different schemas of one database use channel
+/// names suffixed with their schema and never hear each other.
+#[derive(Debug)]
+struct Channels {
+    jobs: String,
+    events: String,
+    cancel: String,
+}
+
+impl Channels {
+    fn for_schema(schema: &str) -> Channels {
+        let suffix = if schema == "public" {
+            String::new()
+        } else if schema.len() <= 40 && schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            format!("_{schema}")
+        } else {
+            // Any other schema name gets a short stable digest instead.
+            let digest = schema.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, b| (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+            format!("_{digest:016x}")
+        };
+        Channels {
+            jobs: format!("{JOBS_CHANNEL}{suffix}"),
+            events: format!("{EVENTS_CHANNEL}{suffix}"),
+            cancel: format!("{CANCEL_CHANNEL}{suffix}"),
+        }
+    }
+}
 /// NOTIFY payloads must stay under 8000 bytes; larger events are stored in
 /// `event_payloads` and announced by id.
 const NOTIFY_LIMIT: usize = 7900;
@@ -27,6 +58,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    channels: std::sync::Arc<Channels>,
 }
 
 impl PostgresStore {
@@ -49,10 +81,17 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.max(1))
             .acquire_timeout(Duration::from_secs(10))
+            // During a database outage every acquisition is slow; the
+            // failures are logged once by their callers instead.
+            .acquire_slow_level(log::LevelFilter::Debug)
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        let schema: String = sqlx::query_scalar("SELECT current_schema()").fetch_one(&pool).await?;
+        Ok(Self {
+            pool,
+            channels: std::sync::Arc::new(Channels::for_schema(&schema)),
+        })
     }
 
     /// Returns the connection pool.
@@ -125,8 +164,8 @@ fn job_from_row(row: &PgRow) -> Result<Job, StoreError> {
 
 /// Tells every node's dispatcher that there are jobs to claim. A lost
 /// notification only delays the job until the next poll.
-async fn notify_jobs(pool: &PgPool) {
-    if let Err(err) = sqlx::query("SELECT pg_notify($1, '')").bind(JOBS_CHANNEL).execute(pool).await {
+async fn notify_jobs(pool: &PgPool, channel: &str) {
+    if let Err(err) = sqlx::query("SELECT pg_notify($1, '')").bind(channel).execute(pool).await {
         tracing::warn!(error = %err, "announcing new jobs to other nodes failed; they find them at their next poll");
     }
 }
@@ -139,6 +178,10 @@ async fn fetch_payload(pool: &PgPool, id: i64) -> Option<String> {
             None
         }
     }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn to_i32(value: u32) -> i32 {
@@ -164,7 +207,7 @@ impl Store for PostgresStore {
             .bind(job.timeout_ms)
             .fetch_one(&self.pool)
             .await?;
-        notify_jobs(&self.pool).await;
+        notify_jobs(&self.pool, &self.channels.jobs).await;
         job_from_row(&row)
     }
 
@@ -177,7 +220,11 @@ impl Store for PostgresStore {
     async fn job_list(&self, query: &ListQuery) -> Result<JobPage, StoreError> {
         // Absent filters are bound as NULL, so one statement serves all cases.
         let filter = "WHERE ($1::TEXT IS NULL OR status = $1) AND ($2::TEXT IS NULL OR name = $2)";
-        let list_sql = format!("SELECT {COLUMNS} FROM jobs {filter} ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4");
+        let list_sql = format!(
+            "SELECT {COLUMNS} FROM jobs {filter} \
+             AND ($5::TEXT IS NULL OR (created_at, id) < (SELECT created_at, id FROM jobs WHERE id = $5)) \
+             ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+        );
         let count_sql = format!("SELECT COUNT(*) FROM jobs {filter}");
         let status = query.status.map(JobStatus::as_str);
         let rows = sqlx::query(&list_sql)
@@ -185,6 +232,7 @@ impl Store for PostgresStore {
             .bind(&query.name)
             .bind(i64::from(query.limit))
             .bind(i64::from(query.offset))
+            .bind(&query.after)
             .fetch_all(&self.pool)
             .await?;
         let total: i64 = sqlx::query_scalar(&count_sql).bind(status).bind(&query.name).fetch_one(&self.pool).await?;
@@ -203,6 +251,8 @@ impl Store for PostgresStore {
                  process_state = CASE WHEN external THEN 'spawning' ELSE NULL END \
              WHERE id IN (SELECT id FROM jobs WHERE status IN ('pending', 'scheduled') AND run_at <= $1 \
                  AND name = ANY($3) ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             AND ($5::BIGINT IS NULL OR EXISTS (SELECT 1 FROM nodes \
+                 WHERE nodes.id = $2 AND generation = $5 AND NOT fenced AND expires_at > now())) \
              RETURNING {COLUMNS}"
         );
         let rows = sqlx::query(&sql)
@@ -210,6 +260,7 @@ impl Store for PostgresStore {
             .bind(&claim.node_id)
             .bind(&claim.names)
             .bind(i64::from(claim.limit))
+            .bind(claim.lease_generation)
             .fetch_all(&self.pool)
             .await?;
         let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
@@ -220,13 +271,14 @@ impl Store for PostgresStore {
     async fn job_spawned(&self, update: &SpawnUpdate) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE jobs SET pid = $1, process_state = COALESCE($2, process_state), shim_token = COALESCE($3, shim_token) \
-             WHERE id = $4 AND attempts = $5 AND status = 'running'",
+             WHERE id = $4 AND attempts = $5 AND status = 'running' AND ($6::TEXT IS NULL OR node_id = $6)",
         )
         .bind(update.pid)
         .bind(update.process_state.map(ProcessState::as_str))
         .bind(&update.shim_token)
         .bind(&update.id)
         .bind(to_i32(update.attempt))
+        .bind(&update.node_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -242,7 +294,7 @@ impl Store for PostgresStore {
                  progress_percent = COALESCE($8, progress_percent), \
                  progress_message = COALESCE($9, progress_message), \
                  process_state = NULL, shim_token = NULL \
-             WHERE id = $10 AND attempts = $11 AND status = 'running'",
+             WHERE id = $10 AND attempts = $11 AND status = 'running' AND ($12::TEXT IS NULL OR node_id = $12)",
         )
         .bind(finish.status.as_str())
         .bind(result)
@@ -255,6 +307,7 @@ impl Store for PostgresStore {
         .bind(&finish.progress_message)
         .bind(&finish.id)
         .bind(to_i32(finish.attempt))
+        .bind(&finish.node_id)
         .execute(&self.pool)
         .await?;
         Ok(outcome.rows_affected() == 1)
@@ -280,7 +333,7 @@ impl Store for PostgresStore {
              WHERE id = $2 AND status IN ('failed', 'cancelled') RETURNING {COLUMNS}"
         );
         if let Some(row) = sqlx::query(&sql).bind(now_ms).bind(id).fetch_optional(&self.pool).await? {
-            notify_jobs(&self.pool).await;
+            notify_jobs(&self.pool, &self.channels.jobs).await;
             return Ok(RetryRequest::Retried(job_from_row(&row)?));
         }
         match self.job_get(id).await? {
@@ -309,14 +362,20 @@ impl Store for PostgresStore {
         if finished.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let ids = sqlx::query_scalar(
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
             "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE status = ANY($1) AND completed_at < $2 LIMIT $3) RETURNING id",
         )
         .bind(&finished)
         .bind(before_ms)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        sqlx::query("DELETE FROM job_logs WHERE job_id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(ids)
     }
 
@@ -334,7 +393,11 @@ impl Store for PostgresStore {
         }
     }
 
-    async fn jobs_live_flush(&self, updates: &[LiveUpdate]) -> Result<(), StoreError> {
+    async fn jobs_live_flush(
+        &self,
+        node_id: Option<&str>,
+        updates: &[LiveUpdate],
+    ) -> Result<(), StoreError> {
         if updates.is_empty() {
             return Ok(());
         }
@@ -345,13 +408,14 @@ impl Store for PostgresStore {
                      progress_message = COALESCE($2, progress_message), \
                      last_heartbeat = COALESCE($3, last_heartbeat), \
                      process_state = COALESCE($4, process_state) \
-                 WHERE id = $5 AND status = 'running'",
+                 WHERE id = $5 AND status = 'running' AND ($6::TEXT IS NULL OR node_id = $6)",
             )
             .bind(update.progress_percent)
             .bind(&update.progress_message)
             .bind(update.last_heartbeat)
             .bind(update.process_state.map(ProcessState::as_str))
             .bind(&update.id)
+            .bind(node_id)
             .execute(&mut *tx)
             .await?;
         }
@@ -375,23 +439,30 @@ impl Store for PostgresStore {
 
     async fn listen(&self, notices: tokio::sync::mpsc::UnboundedSender<Notice>) -> Result<(), StoreError> {
         let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
-        listener.listen_all([JOBS_CHANNEL, EVENTS_CHANNEL]).await?;
+        listener
+            .listen_all([self.channels.jobs.as_str(), self.channels.events.as_str(), self.channels.cancel.as_str()])
+            .await?;
         let pool = self.pool.clone();
+        let channels = self.channels.clone();
         tokio::spawn(async move {
             let mut failing = false;
             loop {
                 match listener.try_recv().await {
                     Ok(Some(notification)) => {
                         failing = false;
-                        let notice = match notification.channel() {
-                            JOBS_CHANNEL => Notice::JobsChanged,
-                            _ => match notification.payload().strip_prefix("ref:").and_then(|id| id.parse::<i64>().ok()) {
+                        let channel = notification.channel();
+                        let notice = if channel == channels.jobs {
+                            Notice::JobsChanged
+                        } else if channel == channels.cancel {
+                            Notice::Cancel(notification.payload().to_string())
+                        } else {
+                            match notification.payload().strip_prefix("ref:").and_then(|id| id.parse::<i64>().ok()) {
                                 Some(id) => match fetch_payload(&pool, id).await {
                                     Some(payload) => Notice::Event(payload),
                                     None => continue,
                                 },
                                 None => Notice::Event(notification.payload().to_string()),
-                            },
+                            }
                         };
                         if notices.send(notice).is_err() {
                             return;
@@ -435,7 +506,7 @@ impl Store for PostgresStore {
             } else {
                 event.clone()
             };
-            sqlx::query("SELECT pg_notify($1, $2)").bind(EVENTS_CHANNEL).bind(payload).execute(&mut *tx).await?;
+            sqlx::query("SELECT pg_notify($1, $2)").bind(&self.channels.events).bind(payload).execute(&mut *tx).await?;
         }
         // Stored payloads older than a minute have been read by every live node.
         sqlx::query("DELETE FROM event_payloads WHERE created_at < $1")
@@ -443,6 +514,162 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    async fn node_lease_acquire(&self, node_id: &str, ttl: Duration) -> Result<i64, StoreError> {
+        let generation = sqlx::query_scalar(
+            "INSERT INTO nodes (id, generation, expires_at, healthy_since, fenced) \
+             VALUES ($1, 1, now() + $2 * INTERVAL '1 millisecond', now(), FALSE) \
+             ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at, healthy_since = now(), \
+                 fenced = FALSE, renewed_at = now() \
+             RETURNING generation",
+        )
+        .bind(node_id)
+        .bind(millis(ttl))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(generation)
+    }
+
+    async fn node_lease_renew(
+        &self,
+        node_id: &str,
+        generation: i64,
+        ttl: Duration,
+        after_failure: bool,
+    ) -> Result<LeaseRenewal, StoreError> {
+        let outcome = sqlx::query(
+            "UPDATE nodes SET expires_at = now() + $3 * INTERVAL '1 millisecond', renewed_at = now(), \
+                 healthy_since = CASE WHEN $4 THEN now() ELSE healthy_since END \
+             WHERE id = $1 AND generation = $2 AND NOT fenced",
+        )
+        .bind(node_id)
+        .bind(generation)
+        .bind(millis(ttl))
+        .bind(after_failure)
+        .execute(&self.pool)
+        .await?;
+        Ok(if outcome.rows_affected() == 1 {
+            LeaseRenewal::Renewed
+        } else {
+            LeaseRenewal::Lost
+        })
+    }
+
+    async fn nodes_rescue(
+        &self,
+        rescuer: &str,
+        rescue_after: Duration,
+    ) -> Result<Vec<RescuedJob>, StoreError> {
+        // Fencing the dead nodes and taking their jobs is one statement, so
+        // two rescuers never take the same node's jobs.
+        let sql = format!(
+            "WITH me AS ( \
+                 SELECT 1 FROM nodes WHERE id = $1 AND NOT fenced AND expires_at > now() \
+                     AND healthy_since <= now() - $2 * INTERVAL '1 millisecond' \
+             ), dead AS ( \
+                 UPDATE nodes SET generation = generation + 1, fenced = TRUE \
+                 WHERE id <> $1 AND NOT fenced AND expires_at <= now() - $2 * INTERVAL '1 millisecond' \
+                     AND EXISTS (SELECT 1 FROM me) \
+                 RETURNING id AS dead_id \
+             ) \
+             UPDATE jobs SET node_id = $1 FROM dead WHERE status = 'running' AND node_id = dead.dead_id \
+             RETURNING {COLUMNS}, dead.dead_id AS from_node"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(rescuer)
+            .bind(millis(rescue_after))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RescuedJob {
+                    job: job_from_row(row)?,
+                    from_node: row.try_get("from_node")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn nodes_list(&self) -> Result<Vec<NodeLease>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT n.id, n.generation, (EXTRACT(EPOCH FROM n.expires_at) * 1000)::BIGINT AS expires_ms, \
+                 n.expires_at > now() AS alive, n.fenced, \
+                 (SELECT COUNT(*) FROM jobs j WHERE j.status = 'running' AND j.node_id = n.id) AS running \
+             FROM nodes n ORDER BY n.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut nodes = Vec::with_capacity(rows.len());
+        for row in rows {
+            nodes.push(NodeLease {
+                id: row.try_get("id")?,
+                generation: row.try_get("generation")?,
+                expires_at: row.try_get("expires_ms")?,
+                alive: row.try_get("alive")?,
+                fenced: row.try_get("fenced")?,
+                running: row.try_get::<i64, _>("running")?.max(0) as u64,
+            });
+        }
+        Ok(nodes)
+    }
+
+    async fn job_logs_append(&self, lines: &[JobLogLine], keep: u32) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = lines.iter().map(|line| line.job_id.as_str()).collect();
+        let entries: Vec<&str> = lines.iter().map(|line| line.line.as_str()).collect();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO job_logs (job_id, entry) SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[])",
+        )
+        .bind(&ids)
+        .bind(&entries)
+        .execute(&mut *tx)
+        .await?;
+        let mut jobs: Vec<&str> = ids.clone();
+        jobs.sort_unstable();
+        jobs.dedup();
+        for job in jobs {
+            // Keep the newest `keep` lines: find the oldest line to keep
+            // through the primary key, then delete what precedes it.
+            sqlx::query(
+                "DELETE FROM job_logs WHERE job_id = $1 AND seq < ( \
+                     SELECT seq FROM job_logs WHERE job_id = $1 ORDER BY seq DESC OFFSET $2 LIMIT 1)",
+            )
+            .bind(job)
+            .bind(i64::from(keep.max(1)) - 1)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn job_logs_read(
+        &self,
+        job_id: &str,
+        tail: Option<usize>,
+    ) -> Result<Vec<String>, StoreError> {
+        let tail = tail.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        let lines = sqlx::query_scalar(
+            "SELECT entry FROM (SELECT seq, entry FROM job_logs WHERE job_id = $1 ORDER BY seq DESC LIMIT $2) newest ORDER BY seq",
+        )
+        .bind(job_id)
+        .bind(tail)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(lines)
+    }
+
+    async fn job_cancel_announce(&self, job_id: &str) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&self.channels.cancel)
+            .bind(job_id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -461,6 +688,16 @@ impl Store for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channels_are_named_per_schema() {
+        assert_eq!(Channels::for_schema("public").jobs, "burro_jobs");
+        assert_eq!(Channels::for_schema("tenant_7").events, "burro_events_tenant_7");
+        let odd = Channels::for_schema("Tenant-X");
+        assert_eq!(odd.cancel.len(), "burro_cancel_".len() + 16);
+        assert_eq!(odd.cancel, Channels::for_schema("Tenant-X").cancel, "stable");
+        assert_ne!(odd.jobs, Channels::for_schema("Tenant-Y").jobs);
+    }
 
     #[test]
     fn passwords_are_redacted() {

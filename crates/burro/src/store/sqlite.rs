@@ -159,8 +159,11 @@ impl Store for SqliteStore {
         if query.name.is_some() {
             filter.push_str(" AND name = ?");
         }
-        let list_sql = format!("SELECT {COLUMNS} FROM jobs {filter} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?");
         let count_sql = format!("SELECT COUNT(*) FROM jobs {filter}");
+        if query.after.is_some() {
+            filter.push_str(" AND (created_at, id) < (SELECT created_at, id FROM jobs WHERE id = ?)");
+        }
+        let list_sql = format!("SELECT {COLUMNS} FROM jobs {filter} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?");
 
         let mut list = sqlx::query(&list_sql);
         let mut count = sqlx::query_scalar::<_, i64>(&count_sql);
@@ -171,6 +174,9 @@ impl Store for SqliteStore {
         if let Some(name) = &query.name {
             list = list.bind(name.clone());
             count = count.bind(name.clone());
+        }
+        if let Some(after) = &query.after {
+            list = list.bind(after.clone());
         }
         let rows = list
             .bind(i64::from(query.limit))
@@ -211,13 +217,15 @@ impl Store for SqliteStore {
     async fn job_spawned(&self, update: &SpawnUpdate) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE jobs SET pid = ?, process_state = COALESCE(?, process_state), shim_token = COALESCE(?, shim_token) \
-             WHERE id = ? AND attempts = ? AND status = 'running'",
+             WHERE id = ? AND attempts = ? AND status = 'running' AND (? IS NULL OR node_id = ?)",
         )
         .bind(update.pid)
         .bind(update.process_state.map(ProcessState::as_str))
         .bind(&update.shim_token)
         .bind(&update.id)
         .bind(i64::from(update.attempt))
+        .bind(&update.node_id)
+        .bind(&update.node_id)
         .execute(&self.writer)
         .await?;
         Ok(())
@@ -233,7 +241,7 @@ impl Store for SqliteStore {
                  progress_percent = COALESCE(?, progress_percent), \
                  progress_message = COALESCE(?, progress_message), \
                  process_state = NULL, shim_token = NULL \
-             WHERE id = ? AND attempts = ? AND status = 'running'",
+             WHERE id = ? AND attempts = ? AND status = 'running' AND (? IS NULL OR node_id = ?)",
         )
         .bind(finish.status.as_str())
         .bind(result)
@@ -246,6 +254,8 @@ impl Store for SqliteStore {
         .bind(&finish.progress_message)
         .bind(&finish.id)
         .bind(i64::from(finish.attempt))
+        .bind(&finish.node_id)
+        .bind(&finish.node_id)
         .execute(&self.writer)
         .await?;
         Ok(outcome.rows_affected() == 1)
@@ -328,7 +338,11 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn jobs_live_flush(&self, updates: &[LiveUpdate]) -> Result<(), StoreError> {
+    async fn jobs_live_flush(
+        &self,
+        node_id: Option<&str>,
+        updates: &[LiveUpdate],
+    ) -> Result<(), StoreError> {
         if updates.is_empty() {
             return Ok(());
         }
@@ -339,13 +353,15 @@ impl Store for SqliteStore {
                      progress_message = COALESCE(?, progress_message), \
                      last_heartbeat = COALESCE(?, last_heartbeat), \
                      process_state = COALESCE(?, process_state) \
-                 WHERE id = ? AND status = 'running'",
+                 WHERE id = ? AND status = 'running' AND (? IS NULL OR node_id = ?)",
             )
             .bind(update.progress_percent)
             .bind(&update.progress_message)
             .bind(update.last_heartbeat)
             .bind(update.process_state.map(ProcessState::as_str))
             .bind(&update.id)
+            .bind(node_id)
+            .bind(node_id)
             .execute(&mut *tx)
             .await?;
         }

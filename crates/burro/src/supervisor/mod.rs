@@ -172,6 +172,7 @@ impl Supervisor {
             pid: None,
             process_state: Some(ProcessState::Spawning),
             shim_token: Some(token.clone()),
+            node_id: job.node_id.clone(),
         };
         if let Err(err) = self.inner.store.job_spawned(&update).await {
             tracing::warn!(job_id = %job.id, error = %err, "recording the shim token failed");
@@ -259,6 +260,21 @@ impl Supervisor {
         let run = self.inner.runs.lock().expect("runs lock").get(job_id).cloned();
         if let Some(run) = run {
             run.request_kill(KillReason::Cancel, true);
+        }
+    }
+
+    /// Terminates a job that other nodes rescued while this node had lost
+    /// its lease: the shim stops the process and its end is not recorded.
+    pub fn fence(&self, job_id: &str) {
+        let run = self
+            .inner
+            .runs
+            .lock()
+            .expect("runs lock")
+            .get(job_id)
+            .cloned();
+        if let Some(run) = run {
+            run.request_kill(KillReason::Fenced, false);
         }
     }
 

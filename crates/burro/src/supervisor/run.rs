@@ -363,6 +363,7 @@ impl Run {
             pid,
             process_state: None,
             shim_token: None,
+            node_id: None,
         };
         if let Err(err) = inner.store.job_spawned(&update).await {
             tracing::warn!(job_id = %self.job_id, error = %err, "recording the job's pid failed");

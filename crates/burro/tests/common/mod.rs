@@ -185,3 +185,29 @@ pub fn parse_sse(body: &str) -> Vec<(Option<String>, String, Value)> {
     }
     events
 }
+
+/// Returns a URL of the test PostgreSQL server whose search path is a
+/// fresh schema, or `None` with a message naming `test` when
+/// `BURRO_TEST_POSTGRES_URL` is unset. Under CI an unset variable fails the
+/// test, so PostgreSQL tests never pass there without running.
+pub async fn schema_url(test: &str) -> Option<String> {
+    let Ok(url) = std::env::var("BURRO_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{test}: BURRO_TEST_POSTGRES_URL is not set under CI; run ./scripts/test"
+        );
+        eprintln!("skipped {test}: BURRO_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    Some(format!(
+        "{url}{separator}options=-c%20search_path%3D{schema}"
+    ))
+}
