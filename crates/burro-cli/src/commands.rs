@@ -97,12 +97,25 @@ pub async fn status(client: &Client, id: &str, as_json: bool) -> anyhow::Result<
 }
 
 /// `burro list`.
-pub async fn list(client: &Client, status: Option<String>, name: Option<String>, limit: u32, offset: u32, as_json: bool) -> anyhow::Result<ExitCode> {
-    let mut request = client.http().get(client.url("/api/jobs")).query(&[("limit", limit), ("offset", offset)]);
-    if let Some(status) = &status {
+/// Filters and paging of `burro list`.
+pub struct ListArgs {
+    pub status: Option<String>,
+    pub name: Option<String>,
+    pub limit: u32,
+    pub offset: u32,
+    pub after: Option<String>,
+}
+
+pub async fn list(client: &Client, args: ListArgs, as_json: bool) -> anyhow::Result<ExitCode> {
+    let mut request = client.http().get(client.url("/api/jobs")).query(&[("limit", args.limit)]);
+    match &args.after {
+        Some(after) => request = request.query(&[("after", after)]),
+        None => request = request.query(&[("offset", args.offset)]),
+    }
+    if let Some(status) = &args.status {
         request = request.query(&[("status", status)]);
     }
-    if let Some(name) = &name {
+    if let Some(name) = &args.name {
         request = request.query(&[("name", name)]);
     }
     let page = client.send(request).await?;
@@ -125,6 +138,9 @@ pub async fn list(client: &Client, status: Option<String>, name: Option<String>,
         );
     }
     println!("{} of {} jobs", jobs.len(), page["total"]);
+    if let Some(next) = page["next"].as_str() {
+        println!("next page: burro list --after {next}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -94,6 +94,10 @@ enum Command {
         /// Jobs to skip.
         #[arg(long, default_value_t = 0)]
         offset: u32,
+        /// Continue after the job with this id (the `next` of the previous
+        /// page); cheaper than --offset deep into a long list.
+        #[arg(long, conflicts_with = "offset")]
+        after: Option<String>,
         /// Print the page as JSON.
         #[arg(long)]
         json: bool,
@@ -164,7 +168,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             commands::enqueue(&client, request, wait).await
         }
         Command::Status { id, json } => commands::status(&client, &id, json).await,
-        Command::List { status, name, limit, offset, json } => commands::list(&client, status, name, limit, offset, json).await,
+        Command::List {
+            status,
+            name,
+            limit,
+            offset,
+            after,
+            json,
+        } => commands::list(&client, commands::ListArgs { status, name, limit, offset, after }, json).await,
         Command::Cancel { id } => commands::cancel(&client, &id).await,
         Command::Retry { id } => commands::retry(&client, &id).await,
         Command::Purge { older_than, status } => commands::purge(&client, &older_than, status).await,

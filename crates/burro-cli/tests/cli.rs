@@ -80,6 +80,18 @@ fn status_list_and_cancel_report_the_job() {
     let page: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(page["total"], 1);
 
+    let second = text(&burro(&server.url, &["enqueue", "py", "--data", "8"]).stdout).trim().to_string();
+    let output = burro(&server.url, &["list", "--limit", "1"]);
+    let listing = text(&output.stdout);
+    assert!(listing.contains(&second), "{listing}");
+    assert!(listing.contains(&format!("next page: burro list --after {second}")), "{listing}");
+    let output = burro(&server.url, &["list", "--limit", "1", "--after", &second, "--json"]);
+    let page: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(page["jobs"][0]["id"], id.as_str(), "the page after the newest job holds the first one");
+    let output = burro(&server.url, &["list", "--after", "no-such-job"]);
+    assert_eq!(output.status.code(), Some(2), "an unknown cursor is bad input: {}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("not a job id"), "{}", text(&output.stderr));
+
     let output = burro(&server.url, &["cancel", &id]);
     assert_eq!(output.status.code(), Some(1), "a finished job cannot be cancelled");
     assert!(text(&output.stderr).contains("already finished"));
