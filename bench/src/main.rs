@@ -4,6 +4,7 @@
 
 mod baseline;
 mod report;
+mod s3;
 mod scenarios;
 
 use anyhow::{bail, Context, Result};
@@ -24,7 +25,8 @@ pub enum Scale {
     about = "Measures burro against the machine's limits"
 )]
 struct Args {
-    /// Scenarios to run: s1 (dispatch latency), s2 (throughput), s4 (message ingest). Default: all.
+    /// Scenarios to run: s1 (dispatch latency), s2 (throughput), s3 (in-process jobs against BullMQ and
+    /// graphile-worker), s4 (message ingest). Default: all.
     scenarios: Vec<String>,
     /// Rounds per scenario; each round runs burro and its baseline once.
     #[arg(long, default_value_t = 3)]
@@ -35,6 +37,11 @@ struct Args {
     /// Job and message counts.
     #[arg(long, value_enum, default_value_t = Scale::Small)]
     scale: Scale,
+    /// PostgreSQL server for S3, as a URL of a database the user may create
+    /// databases from; S3 drops and creates `burro_bench_s3` and
+    /// `burro_bench_s3_graphile` there. S3's Redis is 127.0.0.1:6379.
+    #[arg(long, env = "BURRO_BENCH_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    postgres_url: String,
 }
 
 #[tokio::main]
@@ -75,6 +82,7 @@ async fn main() -> Result<()> {
         let result = match id {
             "S1" => scenarios::s1_dispatch_latency(&bench, args.scale, args.rounds).await,
             "S2" => scenarios::s2_throughput(&bench, args.scale, args.rounds).await,
+            "S3" => s3::s3_in_process(args.scale, args.rounds, &args.postgres_url).await,
             _ => scenarios::s4_message_ingest(&bench, args.scale, args.rounds).await,
         }
         .with_context(|| format!("scenario {id} failed"))?;
@@ -99,7 +107,7 @@ async fn main() -> Result<()> {
 
 /// Returns the scenario ids in run order, all of them when none is named.
 fn select(names: &[String]) -> Result<Vec<&'static str>> {
-    const ALL: [&str; 3] = ["S1", "S2", "S4"];
+    const ALL: [&str; 4] = ["S1", "S2", "S3", "S4"];
     if names.is_empty() {
         return Ok(ALL.to_vec());
     }
@@ -107,7 +115,7 @@ fn select(names: &[String]) -> Result<Vec<&'static str>> {
     for name in names {
         let upper = name.to_ascii_uppercase();
         let Some(id) = ALL.iter().find(|id| **id == upper) else {
-            bail!("unknown scenario {name:?}: expected s1, s2 or s4");
+            bail!("unknown scenario {name:?}: expected s1, s2, s3 or s4");
         };
         if !selected.contains(id) {
             selected.push(*id);
