@@ -156,9 +156,12 @@ async fn rescue(shared: Arc<Shared>, rescued: RescuedJob) {
 
 /// Stops the local jobs whose rows this node no longer owns.
 async fn stop_unowned(shared: &Arc<Shared>) {
-    // The store is read first: a job still in the local table afterwards
-    // has not recorded its end, so if the store does not list it as this
-    // node's, another node took it.
+    // Jobs claimed after this snapshot were claimed under the new lease and
+    // are left alone. A job of the snapshot that is still in the local table
+    // after the store is read has not recorded its end, so if the store does
+    // not list it as this node's, another node took it.
+    let before: HashSet<(String, u32)> =
+        shared.running.lock().expect("running lock").iter().map(|(id, entry)| (id.clone(), entry.attempt)).collect();
     let owned: HashSet<(String, u32)> = loop {
         match shared.store.jobs_running(&shared.settings.node_id).await {
             Ok(jobs) => break jobs.into_iter().map(|job| (job.id, job.attempts)).collect(),
@@ -175,7 +178,8 @@ async fn stop_unowned(shared: &Arc<Shared>) {
     {
         let mut running = shared.running.lock().expect("running lock");
         for (id, entry) in running.iter_mut() {
-            if !owned.contains(&(id.clone(), entry.attempt)) {
+            let key = (id.clone(), entry.attempt);
+            if before.contains(&key) && !owned.contains(&key) {
                 entry.fenced = true;
                 entry.token.cancel();
                 fenced.push((id.clone(), entry.external));
