@@ -16,6 +16,8 @@ use std::time::Duration;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_CONNECTIONS: u32 = 4;
 
+mod group_commit;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// [`Store`] on an SQLite file.
@@ -23,6 +25,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Writer with group commit for the writes that every job makes:
+    /// inserts, claims, spawn records, ends and live flushes.
+    group: std::sync::Arc<group_commit::GroupWriter>,
 }
 
 impl SqliteStore {
@@ -62,11 +67,12 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&writer).await?;
+        let group = std::sync::Arc::new(group_commit::GroupWriter::open(&options).await?);
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        Ok(Self { writer, reader, group })
     }
 
     /// Closes both pools, waiting for queued writes.
@@ -130,7 +136,7 @@ impl Store for SqliteStore {
             "INSERT INTO jobs (id, name, data, status, attempts, max_attempts, created_at, run_at, external, timeout_ms) \
              VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?) RETURNING {COLUMNS}"
         );
-        let row = sqlx::query(&sql)
+        let query = sqlx::query(&sql)
             .bind(&job.id)
             .bind(&job.name)
             .bind(job.data.to_string())
@@ -139,9 +145,10 @@ impl Store for SqliteStore {
             .bind(job.created_at)
             .bind(job.run_at)
             .bind(i64::from(job.external))
-            .bind(job.timeout_ms)
-            .fetch_one(&self.writer)
-            .await?;
+            .bind(job.timeout_ms);
+        let mut turn = self.group.turn().await?;
+        let row = query.fetch_one(turn.conn()).await;
+        let row = turn.finish(row).await?;
         job_from_row(&row)
     }
 
@@ -202,14 +209,16 @@ impl Store for SqliteStore {
         for name in &claim.names {
             query = query.bind(name);
         }
-        let rows = query.bind(i64::from(claim.limit)).fetch_all(&self.writer).await?;
+        let mut turn = self.group.turn().await?;
+        let rows = query.bind(i64::from(claim.limit)).fetch_all(turn.conn()).await;
+        let rows = turn.finish(rows).await?;
         let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
         jobs.sort_by(|a, b| (a.run_at, &a.id).cmp(&(b.run_at, &b.id)));
         Ok(jobs)
     }
 
     async fn job_spawned(&self, update: &SpawnUpdate) -> Result<(), StoreError> {
-        sqlx::query(
+        let query = sqlx::query(
             "UPDATE jobs SET pid = ?, process_state = COALESCE(?, process_state), shim_token = COALESCE(?, shim_token) \
              WHERE id = ? AND attempts = ? AND status = 'running'",
         )
@@ -217,16 +226,17 @@ impl Store for SqliteStore {
         .bind(update.process_state.map(ProcessState::as_str))
         .bind(&update.shim_token)
         .bind(&update.id)
-        .bind(i64::from(update.attempt))
-        .execute(&self.writer)
-        .await?;
+        .bind(i64::from(update.attempt));
+        let mut turn = self.group.turn().await?;
+        let outcome = query.execute(turn.conn()).await;
+        turn.finish(outcome).await?;
         Ok(())
     }
 
     async fn job_finish(&self, finish: &JobFinish) -> Result<bool, StoreError> {
         let retrying = finish.status == JobStatus::Scheduled;
         let result = finish.result.as_ref().map(Value::to_string);
-        let outcome = sqlx::query(
+        let query = sqlx::query(
             "UPDATE jobs SET status = ?, result = ?, error = ?, stack = ?, \
                  completed_at = CASE WHEN ? THEN NULL ELSE ? END, \
                  run_at = COALESCE(?, run_at), \
@@ -245,9 +255,10 @@ impl Store for SqliteStore {
         .bind(finish.progress_percent)
         .bind(&finish.progress_message)
         .bind(&finish.id)
-        .bind(i64::from(finish.attempt))
-        .execute(&self.writer)
-        .await?;
+        .bind(i64::from(finish.attempt));
+        let mut turn = self.group.turn().await?;
+        let outcome = query.execute(turn.conn()).await;
+        let outcome = turn.finish(outcome).await?;
         Ok(outcome.rows_affected() == 1)
     }
 
@@ -332,9 +343,10 @@ impl Store for SqliteStore {
         if updates.is_empty() {
             return Ok(());
         }
-        let mut tx = self.writer.begin().await?;
+        let mut turn = self.group.turn().await?;
+        let mut outcome = Ok(());
         for update in updates {
-            sqlx::query(
+            let result = sqlx::query(
                 "UPDATE jobs SET progress_percent = COALESCE(?, progress_percent), \
                      progress_message = COALESCE(?, progress_message), \
                      last_heartbeat = COALESCE(?, last_heartbeat), \
@@ -346,11 +358,14 @@ impl Store for SqliteStore {
             .bind(update.last_heartbeat)
             .bind(update.process_state.map(ProcessState::as_str))
             .bind(&update.id)
-            .execute(&mut *tx)
-            .await?;
+            .execute(turn.conn())
+            .await;
+            if let Err(err) = result {
+                outcome = Err(err);
+                break;
+            }
         }
-        tx.commit().await?;
-        Ok(())
+        turn.finish(outcome).await
     }
 
     async fn jobs_running(&self, node_id: &str) -> Result<Vec<Job>, StoreError> {
