@@ -4,6 +4,7 @@
 
 mod baseline;
 mod report;
+mod restart;
 mod scenarios;
 
 use anyhow::{bail, Context, Result};
@@ -14,7 +15,8 @@ use std::path::PathBuf;
 pub enum Scale {
     /// Tiny counts that finish in a few seconds (the smoke test).
     Small,
-    /// The full counts: S1 500 jobs, S2 5,000 jobs, S4 16 x 100,000 messages.
+    /// The full counts: S1 500 jobs, S2 5,000 jobs, S4 16 x 100,000
+    /// messages, S7 1,000 running jobs.
     Full,
 }
 
@@ -24,7 +26,8 @@ pub enum Scale {
     about = "Measures burro against the machine's limits"
 )]
 struct Args {
-    /// Scenarios to run: s1 (dispatch latency), s2 (throughput), s4 (message ingest). Default: all.
+    /// Scenarios to run: s1 (dispatch latency), s2 (throughput), s4 (message
+    /// ingest), s7 (restart after kill -9). Default: all.
     scenarios: Vec<String>,
     /// Rounds per scenario; each round runs burro and its baseline once.
     #[arg(long, default_value_t = 3)]
@@ -52,6 +55,7 @@ async fn main() -> Result<()> {
         .unwrap_or_default();
     let shim = exe_dir.join("burro-shim");
     let worker = exe_dir.join("tiny_worker");
+    let burro = exe_dir.join("burro");
     if !shim.exists() {
         bail!(
             "burro-shim not found at {}: build it with the same profile, for example `cargo build --release -p burro-shim`",
@@ -65,6 +69,13 @@ async fn main() -> Result<()> {
         );
     }
 
+    if selected.contains(&"S7") && !burro.exists() {
+        bail!(
+            "burro not found at {}: S7 runs `burro serve`; build it with the same profile, for example `cargo build --release -p burro-cli`",
+            burro.display()
+        );
+    }
+
     let machine = report::Machine::probe();
     println!("{}", machine.describe());
 
@@ -75,6 +86,7 @@ async fn main() -> Result<()> {
         let result = match id {
             "S1" => scenarios::s1_dispatch_latency(&bench, args.scale, args.rounds).await,
             "S2" => scenarios::s2_throughput(&bench, args.scale, args.rounds).await,
+            "S7" => restart::s7_restart(&burro, &worker, args.scale, args.rounds).await,
             _ => scenarios::s4_message_ingest(&bench, args.scale, args.rounds).await,
         }
         .with_context(|| format!("scenario {id} failed"))?;
@@ -99,7 +111,7 @@ async fn main() -> Result<()> {
 
 /// Returns the scenario ids in run order, all of them when none is named.
 fn select(names: &[String]) -> Result<Vec<&'static str>> {
-    const ALL: [&str; 3] = ["S1", "S2", "S4"];
+    const ALL: [&str; 4] = ["S1", "S2", "S4", "S7"];
     if names.is_empty() {
         return Ok(ALL.to_vec());
     }
@@ -107,7 +119,7 @@ fn select(names: &[String]) -> Result<Vec<&'static str>> {
     for name in names {
         let upper = name.to_ascii_uppercase();
         let Some(id) = ALL.iter().find(|id| **id == upper) else {
-            bail!("unknown scenario {name:?}: expected s1, s2 or s4");
+            bail!("unknown scenario {name:?}: expected s1, s2, s4 or s7");
         };
         if !selected.contains(id) {
             selected.push(*id);
