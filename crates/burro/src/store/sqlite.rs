@@ -1,8 +1,8 @@
 //! The SQLite store: one file in WAL mode.
 //!
-//! SQLite allows one writer at a time, so every write goes through a pool of
-//! one connection and a burst of jobs queues in the pool instead of failing
-//! with "database is locked". Reads use a separate small pool. An
+//! SQLite allows one writer at a time, so every write goes through one
+//! connection with group commit (see `group_commit`), and a burst of jobs
+//! queues there instead of failing with "database is locked". Reads use a separate small pool. An
 //! acknowledged enqueue survives a power cut because `synchronous = FULL`.
 
 use super::*;
@@ -25,8 +25,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    /// Writer with group commit for the writes that every job makes:
-    /// inserts, claims, spawn records, ends and live flushes.
+    /// Writer with group commit, which every write after the migrations
+    /// goes through. A second writing connection would wait for the write
+    /// lock between group transactions, for up to the busy timeout.
     group: std::sync::Arc<group_commit::GroupWriter>,
 }
 
@@ -263,15 +264,16 @@ impl Store for SqliteStore {
     }
 
     async fn job_requeue(&self, id: &str, attempt: u32) -> Result<bool, StoreError> {
-        let outcome = sqlx::query(
+        let query = sqlx::query(
             "UPDATE jobs SET status = 'pending', attempts = attempts - 1, started_at = NULL, node_id = NULL, \
                  process_state = NULL, pid = NULL, shim_token = NULL \
              WHERE id = ? AND attempts = ? AND status = 'running'",
         )
         .bind(id)
-        .bind(i64::from(attempt))
-        .execute(&self.writer)
-        .await?;
+        .bind(i64::from(attempt));
+        let mut turn = self.group.turn().await?;
+        let outcome = query.execute(turn.conn()).await;
+        let outcome = turn.finish(outcome).await?;
         Ok(outcome.rows_affected() == 1)
     }
 
@@ -281,11 +283,14 @@ impl Store for SqliteStore {
                  result = NULL, process_state = NULL, pid = NULL \
              WHERE id = ? AND status IN ('failed', 'cancelled') RETURNING {COLUMNS}"
         );
-        if let Some(row) = sqlx::query(&sql).bind(now_ms).bind(id).fetch_optional(&self.writer).await? {
+        let mut turn = self.group.turn().await?;
+        let row = sqlx::query(&sql).bind(now_ms).bind(id).fetch_optional(turn.conn()).await;
+        if let Some(row) = turn.finish(row).await? {
             return Ok(RetryRequest::Retried(job_from_row(&row)?));
         }
+        // Nothing was written, so the reader sees the job as it is.
         let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = ?");
-        match sqlx::query(&sql).bind(id).fetch_optional(&self.writer).await? {
+        match sqlx::query(&sql).bind(id).fetch_optional(&self.reader).await? {
             Some(row) => Ok(RetryRequest::NotRetryable(job_from_row(&row)?)),
             None => Ok(RetryRequest::NotFound),
         }
@@ -319,7 +324,9 @@ impl Store for SqliteStore {
         for status in finished {
             query = query.bind(status);
         }
-        Ok(query.bind(before_ms).bind(i64::from(limit)).fetch_all(&self.writer).await?)
+        let mut turn = self.group.turn().await?;
+        let ids = query.bind(before_ms).bind(i64::from(limit)).fetch_all(turn.conn()).await;
+        turn.finish(ids).await
     }
 
     async fn job_cancel_waiting(&self, id: &str, now_ms: i64) -> Result<CancelWaiting, StoreError> {
@@ -327,13 +334,15 @@ impl Store for SqliteStore {
             "UPDATE jobs SET status = 'cancelled', completed_at = ? \
              WHERE id = ? AND status IN ('pending', 'scheduled') RETURNING {COLUMNS}"
         );
-        let row = sqlx::query(&sql).bind(now_ms).bind(id).fetch_optional(&self.writer).await?;
-        if let Some(row) = row {
+        let mut turn = self.group.turn().await?;
+        let row = sqlx::query(&sql).bind(now_ms).bind(id).fetch_optional(turn.conn()).await;
+        if let Some(row) = turn.finish(row).await? {
             return Ok(CancelWaiting::Cancelled(job_from_row(&row)?));
         }
-        // Read through the writer so the result includes the update above.
+        // Nothing was written, and every acknowledged write is committed,
+        // so the reader sees the job as it is.
         let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = ?");
-        match sqlx::query(&sql).bind(id).fetch_optional(&self.writer).await? {
+        match sqlx::query(&sql).bind(id).fetch_optional(&self.reader).await? {
             Some(row) => Ok(CancelWaiting::NotWaiting(job_from_row(&row)?)),
             None => Ok(CancelWaiting::NotFound),
         }
