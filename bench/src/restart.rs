@@ -105,6 +105,11 @@ struct Round {
     ready_ms: f64,
     /// From the first enqueue until every job ran, in ms.
     all_running_ms: f64,
+    /// Growth of the server's resident memory from idle to every job
+    /// running, divided by the number of jobs, in KiB.
+    server_kib_per_job: f64,
+    /// Median private memory of a sample of shims, in KiB.
+    shim_private_kib: f64,
     /// Numbered messages missing from the job logs.
     lost: u64,
     /// Jobs that did not complete.
@@ -130,6 +135,8 @@ pub async fn s7_restart(
     reconnect.absolute = true;
     let mut ready = Vec::new();
     let mut all_running = Vec::new();
+    let mut server_kib = Vec::new();
+    let mut shim_kib = Vec::new();
     let mut lost = 0;
     let mut not_completed = Vec::new();
     for round in 0..rounds_count {
@@ -137,6 +144,8 @@ pub async fn s7_restart(
         reconnect.burro.push(figures.all_reconnected_ms);
         ready.push(figures.ready_ms);
         all_running.push(figures.all_running_ms);
+        server_kib.push(figures.server_kib_per_job);
+        shim_kib.push(figures.shim_private_kib);
         lost += figures.lost;
         not_completed.push(figures.not_completed);
         eprintln!("  round {} of {rounds_count} done", round + 1);
@@ -147,7 +156,13 @@ pub async fn s7_restart(
         params: json!({"jobs": jobs, "logMessagesPerJob": logs, "intervalMs": interval_ms}),
         metrics: vec![reconnect],
         lost: Some(lost),
-        extra: json!({"serverReadyMs": ready, "allRunningAfterEnqueueMs": all_running, "jobsNotCompleted": not_completed}),
+        extra: json!({
+            "serverReadyMs": ready,
+            "allRunningAfterEnqueueMs": all_running,
+            "jobsNotCompleted": not_completed,
+            "serverRssKibPerRunningJob": server_kib,
+            "shimPrivateKibMedian": shim_kib,
+        }),
     })
 }
 
@@ -162,6 +177,7 @@ async fn run_round(burro: &Path, worker: &Path, jobs: u64, logs: u64, interval_m
     let client = reqwest::Client::new();
 
     let mut first = Serve::start(burro, &config)?;
+    let idle_rss_kib = rss_kib(first.child.id())?;
     let data = json!({"logs": logs, "intervalMs": interval_ms});
     let enqueued = Instant::now();
     let ids: Vec<String> = futures::stream::iter(0..jobs)
@@ -179,6 +195,8 @@ async fn run_round(burro: &Path, worker: &Path, jobs: u64, logs: u64, interval_m
     })
     .await?;
     let all_running_ms = enqueued.elapsed().as_secs_f64() * 1000.0;
+    let server_kib_per_job = (rss_kib(first.child.id())? - idle_rss_kib) / jobs as f64;
+    let shim_private_kib = median_shim_private_kib(&running_jobs(&client, &first.url).await?)?;
 
     first.kill9()?;
     let restarted = Instant::now();
@@ -206,6 +224,8 @@ async fn run_round(burro: &Path, worker: &Path, jobs: u64, logs: u64, interval_m
         all_reconnected_ms,
         ready_ms,
         all_running_ms,
+        server_kib_per_job,
+        shim_private_kib,
         lost,
         not_completed: jobs - completed.min(jobs),
     })
@@ -311,6 +331,42 @@ async fn missing_numbers(client: &reqwest::Client, url: &str, id: &str, expected
         .filter_map(|entry| entry["message"].as_str()?.parse().ok())
         .collect();
     Ok((1..=expected).filter(|number| !seen.contains(number)).count() as u64)
+}
+
+/// Returns the resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("/proc/{pid}/status has no VmRSS line"))
+}
+
+/// Returns the median of Private_Clean + Private_Dirty from
+/// `/proc/PID/smaps_rollup` over the shims of up to 50 of `jobs`. A job's
+/// `pid` is the job process, whose parent is its shim.
+fn median_shim_private_kib(jobs: &[Value]) -> Result<f64> {
+    let mut sizes = Vec::new();
+    for job in jobs.iter().take(50) {
+        let Some(pid) = job["pid"].as_i64() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // The fields after the command name, which ends with the last ')',
+        // are: state, ppid, ...
+        let Some(shim) = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)) else { continue };
+        let Ok(rollup) = std::fs::read_to_string(format!("/proc/{shim}/smaps_rollup")) else { continue };
+        let private: f64 = rollup
+            .lines()
+            .filter(|line| line.starts_with("Private_Clean:") || line.starts_with("Private_Dirty:"))
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .sum();
+        sizes.push(private);
+    }
+    if sizes.is_empty() {
+        bail!("no shim memory could be read from /proc");
+    }
+    sizes.sort_by(f64::total_cmp);
+    Ok(sizes[sizes.len() / 2])
 }
 
 /// Polls `check` every `POLL` until it returns true, for at most `WAIT`.
