@@ -4,6 +4,7 @@
 
 mod baseline;
 mod report;
+mod restart;
 mod s3;
 mod scenarios;
 
@@ -15,7 +16,8 @@ use std::path::PathBuf;
 pub enum Scale {
     /// Tiny counts that finish in a few seconds (the smoke test).
     Small,
-    /// The full counts: S1 500 jobs, S2 5,000 jobs, S4 16 x 100,000 messages.
+    /// The full counts: S1 500 jobs, S2 5,000 jobs, S4 16 x 100,000
+    /// messages, S7 1,000 running jobs.
     Full,
 }
 
@@ -25,8 +27,9 @@ pub enum Scale {
     about = "Measures burro against the machine's limits"
 )]
 struct Args {
-    /// Scenarios to run: s1 (dispatch latency), s2 (throughput), s3 (in-process jobs against BullMQ and
-    /// graphile-worker), s4 (message ingest). Default: all.
+    /// Scenarios to run: s1 (dispatch latency), s2 (throughput), s3 (in-process
+    /// jobs against BullMQ and graphile-worker), s4 (message ingest), s7
+    /// (restart after kill -9). Default: all.
     scenarios: Vec<String>,
     /// Rounds per scenario; each round runs burro and its baseline once.
     #[arg(long, default_value_t = 3)]
@@ -59,6 +62,7 @@ async fn main() -> Result<()> {
         .unwrap_or_default();
     let shim = exe_dir.join("burro-shim");
     let worker = exe_dir.join("tiny_worker");
+    let burro = exe_dir.join("burro");
     if !shim.exists() {
         bail!(
             "burro-shim not found at {}: build it with the same profile, for example `cargo build --release -p burro-shim`",
@@ -69,6 +73,13 @@ async fn main() -> Result<()> {
         bail!(
             "tiny_worker not found at {}: build it with `cargo build -p burro-bench`",
             worker.display()
+        );
+    }
+
+    if selected.contains(&"S7") && !burro.exists() {
+        bail!(
+            "burro not found at {}: S7 runs `burro serve`; build it with the same profile, for example `cargo build --release -p burro-cli`",
+            burro.display()
         );
     }
 
@@ -83,6 +94,7 @@ async fn main() -> Result<()> {
             "S1" => scenarios::s1_dispatch_latency(&bench, args.scale, args.rounds).await,
             "S2" => scenarios::s2_throughput(&bench, args.scale, args.rounds).await,
             "S3" => s3::s3_in_process(args.scale, args.rounds, &args.postgres_url).await,
+            "S7" => restart::s7_restart(&burro, &worker, args.scale, args.rounds).await,
             _ => scenarios::s4_message_ingest(&bench, args.scale, args.rounds).await,
         }
         .with_context(|| format!("scenario {id} failed"))?;
@@ -107,7 +119,7 @@ async fn main() -> Result<()> {
 
 /// Returns the scenario ids in run order, all of them when none is named.
 fn select(names: &[String]) -> Result<Vec<&'static str>> {
-    const ALL: [&str; 4] = ["S1", "S2", "S3", "S4"];
+    const ALL: [&str; 5] = ["S1", "S2", "S3", "S4", "S7"];
     if names.is_empty() {
         return Ok(ALL.to_vec());
     }
@@ -115,7 +127,7 @@ fn select(names: &[String]) -> Result<Vec<&'static str>> {
     for name in names {
         let upper = name.to_ascii_uppercase();
         let Some(id) = ALL.iter().find(|id| **id == upper) else {
-            bail!("unknown scenario {name:?}: expected s1, s2, s3 or s4");
+            bail!("unknown scenario {name:?}: expected s1, s2, s3, s4 or s7");
         };
         if !selected.contains(id) {
             selected.push(*id);

@@ -56,7 +56,8 @@ impl Machine {
     }
 }
 
-/// The goal for the ratio of burro's median to the limit's median.
+/// The goal for the ratio of burro's median to the limit's median, or for
+/// burro's median itself when the metric is absolute.
 #[derive(Copy, Clone)]
 pub enum Target {
     AtMost(f64),
@@ -89,6 +90,9 @@ pub struct Metric {
     pub target: Target,
     pub burro: Vec<f64>,
     pub limit: Vec<f64>,
+    /// True when the target applies to burro's own median and there is no
+    /// limit side.
+    pub absolute: bool,
 }
 
 impl Metric {
@@ -99,12 +103,23 @@ impl Metric {
             target,
             burro: Vec::new(),
             limit: Vec::new(),
+            absolute: false,
         }
     }
 
     /// Returns burro's median divided by the limit's median.
     fn ratio(&self) -> f64 {
         median(&self.burro) / median(&self.limit)
+    }
+
+    /// Returns whether the target is met: by the ratio, or by burro's median
+    /// for an absolute metric.
+    fn met(&self) -> Option<bool> {
+        if self.absolute {
+            self.target.met(median(&self.burro))
+        } else {
+            self.target.met(self.ratio())
+        }
     }
 }
 
@@ -113,7 +128,7 @@ pub struct ScenarioResult {
     pub title: &'static str,
     pub params: Value,
     pub metrics: Vec<Metric>,
-    /// Messages that the burro side did not deliver (S4 only).
+    /// Messages that the burro side did not deliver (S4 and S7).
     pub lost: Option<u64>,
     /// Further figures of the burro side, per round, or null.
     pub extra: Value,
@@ -167,20 +182,24 @@ pub fn table(results: &[ScenarioResult]) -> String {
     );
     for result in results {
         for metric in &result.metrics {
-            let ratio = metric.ratio();
-            let met = match metric.target.met(ratio) {
+            let met = match metric.met() {
                 Some(true) => "yes",
                 Some(false) => "no",
                 None => "-",
             };
+            let (limit, ratio) = if metric.absolute {
+                ("-".to_string(), "-".to_string())
+            } else {
+                (cell(&metric.limit), format!("{:.2}", metric.ratio()))
+            };
             out.push_str(&format!(
-                "| {} {} | {} ({}) | {} | {} | {:.2} | {} | {} |\n",
+                "| {} {} | {} ({}) | {} | {} | {} | {} | {} |\n",
                 result.id,
                 result.title,
                 metric.name,
                 metric.unit,
                 cell(&metric.burro),
-                cell(&metric.limit),
+                limit,
                 ratio,
                 metric.target.describe(),
                 met
@@ -220,15 +239,24 @@ pub fn json(
                 .metrics
                 .iter()
                 .map(|metric| {
-                    let ratio = metric.ratio();
+                    let burro = json!({"median": median(&metric.burro), "min": spread(&metric.burro).0, "max": spread(&metric.burro).1, "rounds": metric.burro});
+                    let (limit, ratio) = if metric.absolute {
+                        (Value::Null, Value::Null)
+                    } else {
+                        (
+                            json!({"median": median(&metric.limit), "min": spread(&metric.limit).0, "max": spread(&metric.limit).1, "rounds": metric.limit}),
+                            json!(metric.ratio()),
+                        )
+                    };
                     json!({
                         "metric": metric.name,
                         "unit": metric.unit,
-                        "burro": {"median": median(&metric.burro), "min": spread(&metric.burro).0, "max": spread(&metric.burro).1, "rounds": metric.burro},
-                        "limit": {"median": median(&metric.limit), "min": spread(&metric.limit).0, "max": spread(&metric.limit).1, "rounds": metric.limit},
+                        "burro": burro,
+                        "limit": limit,
                         "ratio": ratio,
+                        "absolute": metric.absolute,
                         "target": metric.target.describe(),
-                        "met": metric.target.met(ratio),
+                        "met": metric.met(),
                     })
                 })
                 .collect();

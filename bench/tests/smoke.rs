@@ -1,6 +1,6 @@
 //! Runs the built `burro-bench` at the small scale and checks its JSON.
-//! `burro-shim` must be built with the same profile first, for example by
-//! `cargo build --workspace`. S3 needs Node.js with npm, Redis on
+//! `burro-shim` and `burro` must be built with the same profile first, for
+//! example by `cargo build --workspace`. S3 needs Node.js with npm, Redis on
 //! 127.0.0.1:6379 and PostgreSQL (`BURRO_BENCH_POSTGRES_URL`), as
 //! `./scripts/test` provides.
 
@@ -15,6 +15,12 @@ fn small_scale_writes_every_scenario() {
         shim.exists(),
         "burro-shim not found at {}: run `cargo build -p burro-shim` first",
         shim.display()
+    );
+    let burro = exe.with_file_name("burro");
+    assert!(
+        burro.exists(),
+        "burro not found at {}: run `cargo build -p burro-cli` first",
+        burro.display()
     );
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("bench.json");
@@ -40,11 +46,11 @@ fn small_scale_writes_every_scenario() {
         .iter()
         .map(|s| s["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["S1", "S2", "S3", "S4"]);
+    assert_eq!(ids, ["S1", "S2", "S3", "S4", "S7"]);
     for scenario in scenarios {
         let metrics = scenario["metrics"].as_array().unwrap();
         assert!(!metrics.is_empty(), "{} has no metrics", scenario["id"]);
-        for metric in metrics {
+        for metric in metrics.iter().filter(|metric| metric["absolute"] == false) {
             for side in ["burro", "limit"] {
                 let median = metric[side]["median"].as_f64().unwrap();
                 assert!(
@@ -59,4 +65,8 @@ fn small_scale_writes_every_scenario() {
     }
     let s4 = &scenarios[3];
     assert_eq!(s4["lost"].as_u64(), Some(0), "S4 lost messages");
+    let s7 = &scenarios[4];
+    assert_eq!(s7["lost"].as_u64(), Some(0), "S7 lost messages");
+    let reconnected = s7["metrics"][0]["burro"]["median"].as_f64().unwrap();
+    assert!(reconnected.is_finite(), "S7 reconnect time is {reconnected}");
 }

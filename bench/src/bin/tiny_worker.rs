@@ -2,6 +2,10 @@
 //! from standard input, connects to the socket path it names, sends
 //! `started`, `data.progress` progress messages (0 when absent) and
 //! `completed`, and exits.
+//!
+//! With `data.logs` set, it sends that many `log` messages instead of the
+//! progress messages, numbered from 1, one every `data.intervalMs`
+//! milliseconds, so a reader can tell which ones arrived.
 
 use std::io::{BufRead, BufWriter, Write};
 use std::os::unix::net::UnixStream;
@@ -28,11 +32,16 @@ fn run() -> Result<(), String> {
         .as_str()
         .ok_or("the payload has no socketPath")?;
     let progress = payload["data"]["progress"].as_u64().unwrap_or(0);
+    let logs = payload["data"]["logs"].as_u64().unwrap_or(0);
+    let interval = std::time::Duration::from_millis(payload["data"]["intervalMs"].as_u64().unwrap_or(0));
 
     let stream = UnixStream::connect(socket).map_err(|e| format!("connecting to {socket}: {e}"))?;
     let mut out = BufWriter::with_capacity(64 * 1024, stream);
     // The job id is a UUID or a plain token, so it needs no JSON escaping.
     writeln!(out, r#"{{"type":"started","jobId":"{job_id}"}}"#).map_err(|e| e.to_string())?;
+    if logs > 0 {
+        return send_numbered_logs(out, job_id, logs, interval);
+    }
     if progress == 0 {
         // The first message goes out at once: its arrival is what S1 measures.
         out.flush().map_err(|e| e.to_string())?;
@@ -44,6 +53,33 @@ fn run() -> Result<(), String> {
             r#"{{"type":"progress","jobId":"{job_id}","percent":{percent}}}"#
         )
         .map_err(|e| e.to_string())?;
+    }
+    writeln!(
+        out,
+        r#"{{"type":"completed","jobId":"{job_id}","result":null}}"#
+    )
+    .map_err(|e| e.to_string())?;
+    out.flush().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Sends `count` numbered `log` messages, each flushed at once, `interval`
+/// apart, then `completed`.
+fn send_numbered_logs(
+    mut out: BufWriter<UnixStream>,
+    job_id: &str,
+    count: u64,
+    interval: std::time::Duration,
+) -> Result<(), String> {
+    out.flush().map_err(|e| e.to_string())?;
+    for number in 1..=count {
+        std::thread::sleep(interval);
+        writeln!(
+            out,
+            r#"{{"type":"log","jobId":"{job_id}","level":"info","message":"{number}"}}"#
+        )
+        .map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
     }
     writeln!(
         out,

@@ -22,6 +22,7 @@ use std::process::ExitCode;
 const MAX_SPEC_BYTES: u64 = 256 * 1024 * 1024;
 
 fn main() -> ExitCode {
+    restore_open_files_limit();
     let spec = match read_spec() {
         Ok(spec) => spec,
         Err(err) => {
@@ -42,6 +43,23 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("burro-shim: job {job_id}: {err}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Lowers the open-files soft limit to the value in `BURRO_SHIM_NOFILE`,
+/// the limit the server started with before it raised its own. The job
+/// inherits the lowered limit.
+fn restore_open_files_limit() {
+    let Some(soft) = std::env::var("BURRO_SHIM_NOFILE").ok().and_then(|text| text.parse::<libc::rlim_t>().ok()) else {
+        return;
+    };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only access the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && soft < limit.rlim_cur {
+            limit.rlim_cur = soft;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
 }

@@ -227,13 +227,15 @@ impl Session {
     /// Copies the frames after `written` into one buffer; returns the buffer
     /// and the last sequence number in it.
     fn pending_after(&self, written: u64) -> (Vec<u8>, u64) {
+        let unacked = self.shared.unacked.borrow();
+        // The queue is in sequence order, so the frames after `written` are
+        // found by binary search instead of a scan of every unacknowledged frame.
+        let first = unacked.partition_point(|(seq, _)| *seq <= written);
         let mut buffer = Vec::new();
         let mut last = written;
-        for (seq, bytes) in self.shared.unacked.borrow().iter() {
-            if *seq > written {
-                buffer.extend_from_slice(bytes);
-                last = *seq;
-            }
+        for (seq, bytes) in unacked.range(first..) {
+            buffer.extend_from_slice(bytes);
+            last = *seq;
         }
         (buffer, last)
     }

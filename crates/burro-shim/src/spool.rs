@@ -10,6 +10,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
+/// Size at which buffered appends are written to the file.
+const WRITE_BLOCK: usize = 64 * 1024;
+
 /// Frames waiting in a file, read back in order.
 pub struct Spool {
     path: PathBuf,
@@ -18,6 +21,10 @@ pub struct Spool {
     read_offset: u64,
     /// Length of the file.
     write_offset: u64,
+    /// Appended frames not yet written to the file, after `write_offset`.
+    /// Appends are written in blocks of [`WRITE_BLOCK`] instead of one
+    /// system call per frame.
+    unwritten: Vec<u8>,
     /// Bytes read from the file but not yet returned as whole frames.
     partial: Vec<u8>,
 }
@@ -30,13 +37,14 @@ impl Spool {
             file: None,
             read_offset: 0,
             write_offset: 0,
+            unwritten: Vec::new(),
             partial: Vec::new(),
         }
     }
 
     /// Returns the number of spooled bytes not yet read back.
     pub fn pending(&self) -> u64 {
-        self.write_offset - self.read_offset + self.partial.len() as u64
+        self.write_offset - self.read_offset + self.unwritten.len() as u64 + self.partial.len() as u64
     }
 
     /// Appends one encoded frame (ending in a newline).
@@ -49,10 +57,28 @@ impl Spool {
             let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&self.path)?;
             self.file = Some(file);
         }
-        let file = self.file.as_mut().expect("spool file is open");
+        let before = self.unwritten.len();
+        self.unwritten.extend_from_slice(frame);
+        if self.unwritten.len() >= WRITE_BLOCK {
+            if let Err(err) = self.write_unwritten() {
+                // The caller keeps this frame elsewhere, so it leaves the buffer.
+                self.unwritten.truncate(before);
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered appends to the end of the file.
+    fn write_unwritten(&mut self) -> io::Result<()> {
+        if self.unwritten.is_empty() {
+            return Ok(());
+        }
+        let Some(file) = self.file.as_mut() else { return Ok(()) };
         file.seek(SeekFrom::Start(self.write_offset))?;
-        file.write_all(frame)?;
-        self.write_offset += frame.len() as u64;
+        file.write_all(&self.unwritten)?;
+        self.write_offset += self.unwritten.len() as u64;
+        self.unwritten.clear();
         Ok(())
     }
 
@@ -62,6 +88,7 @@ impl Spool {
     ///
     /// Returns the I/O error of reading the file.
     pub fn take(&mut self, budget: usize) -> io::Result<Vec<Vec<u8>>> {
+        self.write_unwritten()?;
         let mut frames = Vec::new();
         let mut taken = 0;
         while taken < budget {
@@ -96,6 +123,7 @@ impl Spool {
     ///
     /// Returns the I/O error of reading the file.
     pub fn peek_all(&mut self) -> io::Result<Vec<u8>> {
+        self.write_unwritten()?;
         let mut contents = self.partial.clone();
         if let Some(file) = self.file.as_mut() {
             let mut rest = vec![0u8; (self.write_offset - self.read_offset) as usize];
@@ -113,6 +141,7 @@ impl Spool {
         }
         self.read_offset = 0;
         self.write_offset = 0;
+        self.unwritten.clear();
         self.partial.clear();
     }
 }

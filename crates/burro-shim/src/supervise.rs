@@ -150,6 +150,14 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
                 if let Some(item) = item {
                     let seq = next_seq();
                     handle.send(seq, encode_item(seq, item));
+                    // Items that are already queued are taken in the same
+                    // turn, so a busy job costs one pass of this loop, with
+                    // its timers, per batch instead of per line.
+                    for _ in 1..ITEM_QUEUE {
+                        let Ok(item) = items_rx.try_recv() else { break };
+                        let seq = next_seq();
+                        handle.send(seq, encode_item(seq, item));
+                    }
                 }
             }
             command = handle.commands.recv() => match command {

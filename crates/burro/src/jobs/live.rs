@@ -40,18 +40,28 @@ pub struct Live {
 
 impl Live {
     fn update(&self, id: &str, apply: impl Fn(&mut LiveValues, &mut LiveUpdate)) {
-        let mut state = self.state.lock().expect("live state lock");
-        let mut values = state.current.remove(id).unwrap_or_default();
-        let mut update = state.dirty.remove(id).unwrap_or_else(|| LiveUpdate {
-            id: id.to_string(),
-            progress_percent: None,
-            progress_message: None,
-            last_heartbeat: None,
-            process_state: None,
-        });
-        apply(&mut values, &mut update);
-        state.current.insert(id.to_string(), values);
-        state.dirty.insert(id.to_string(), update);
+        let mut guard = self.state.lock().expect("live state lock");
+        let state = &mut *guard;
+        // Lookups by reference first: a running job is nearly always present,
+        // so most messages allocate nothing here.
+        if !state.current.contains_key(id) {
+            state.current.insert(id.to_string(), LiveValues::default());
+        }
+        if !state.dirty.contains_key(id) {
+            state.dirty.insert(
+                id.to_string(),
+                LiveUpdate {
+                    id: id.to_string(),
+                    progress_percent: None,
+                    progress_message: None,
+                    last_heartbeat: None,
+                    process_state: None,
+                },
+            );
+        }
+        let values = state.current.get_mut(id).expect("inserted above");
+        let update = state.dirty.get_mut(id).expect("inserted above");
+        apply(values, update);
     }
 
     /// Records progress.

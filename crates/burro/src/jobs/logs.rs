@@ -215,6 +215,8 @@ pub struct LogWriter {
     /// The job id and the store queue, on a shared store.
     mirror: Option<(String, Mirror)>,
     file: Option<BufWriter<File>>,
+    /// True once opening the file was tried.
+    opened: bool,
     failed: bool,
     /// Size of the current file, counting buffered entries.
     size: u64,
@@ -222,25 +224,31 @@ pub struct LogWriter {
 }
 
 impl LogWriter {
+    /// Prepares a writer for `path`. The file is opened at the first
+    /// append, so a job that logs nothing creates no file and no buffer.
     fn open(path: &Path, max_bytes: u64) -> Self {
-        let file = OpenOptions::new().create(true).append(true).open(path);
-        let (file, size, failed) = match file {
-            Ok(file) => {
-                let size = file.metadata().map(|meta| meta.len()).unwrap_or(0);
-                (Some(BufWriter::with_capacity(16 * 1024, file)), size, false)
-            }
-            Err(err) => {
-                tracing::warn!(path = %path.display(), error = %err, "opening the job log failed; its lines are not stored");
-                (None, 0, true)
-            }
-        };
         Self {
             path: path.to_path_buf(),
             mirror: None,
-            file,
-            failed,
-            size,
+            file: None,
+            opened: false,
+            failed: false,
+            size: 0,
             max_bytes,
+        }
+    }
+
+    fn open_file(&mut self) {
+        self.opened = true;
+        match OpenOptions::new().create(true).append(true).open(&self.path) {
+            Ok(file) => {
+                self.size = file.metadata().map(|meta| meta.len()).unwrap_or(0);
+                self.file = Some(BufWriter::with_capacity(16 * 1024, file));
+            }
+            Err(err) => {
+                tracing::warn!(path = %self.path.display(), error = %err, "opening the job log failed; its lines are not stored");
+                self.failed = true;
+            }
         }
     }
 
@@ -248,6 +256,9 @@ impl LogWriter {
     /// the size cap, the file is rotated first. An entry larger than the
     /// cap is written whole to a new file.
     pub fn append(&mut self, entry: &LogEntry) {
+        if !self.opened {
+            self.open_file();
+        }
         if self.file.is_none() && self.mirror.is_none() {
             return;
         }

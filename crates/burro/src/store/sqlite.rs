@@ -1,8 +1,8 @@
 //! The SQLite store: one file in WAL mode.
 //!
-//! SQLite allows one writer at a time, so every write goes through a pool of
-//! one connection and a burst of jobs queues in the pool instead of failing
-//! with "database is locked". Reads use a separate small pool. An
+//! SQLite allows one writer at a time, so every write goes through one
+//! connection with group commit (see `group_commit`), and a burst of jobs
+//! queues there instead of failing with "database is locked". Reads use a separate small pool. An
 //! acknowledged enqueue survives a power cut because `synchronous = FULL`.
 
 use super::*;
@@ -16,6 +16,8 @@ use std::time::Duration;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_CONNECTIONS: u32 = 4;
 
+mod group_commit;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// [`Store`] on an SQLite file.
@@ -23,6 +25,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Writer with group commit, which every write after the migrations
+    /// goes through. A second writing connection would wait for the write
+    /// lock between group transactions, for up to the busy timeout.
+    group: std::sync::Arc<group_commit::GroupWriter>,
 }
 
 impl SqliteStore {
@@ -62,11 +68,12 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&writer).await?;
+        let group = std::sync::Arc::new(group_commit::GroupWriter::open(&options).await?);
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        Ok(Self { writer, reader, group })
     }
 
     /// Closes both pools, waiting for queued writes.
@@ -130,7 +137,7 @@ impl Store for SqliteStore {
             "INSERT INTO jobs (id, name, data, status, attempts, max_attempts, created_at, run_at, external, timeout_ms) \
              VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?) RETURNING {COLUMNS}"
         );
-        let row = sqlx::query(&sql)
+        let query = sqlx::query(&sql)
             .bind(&job.id)
             .bind(&job.name)
             .bind(job.data.to_string())
@@ -139,9 +146,10 @@ impl Store for SqliteStore {
             .bind(job.created_at)
             .bind(job.run_at)
             .bind(i64::from(job.external))
-            .bind(job.timeout_ms)
-            .fetch_one(&self.writer)
-            .await?;
+            .bind(job.timeout_ms);
+        let mut turn = self.group.turn().await?;
+        let row = query.fetch_one(turn.conn()).await;
+        let row = turn.finish(row).await?;
         job_from_row(&row)
     }
 
@@ -208,14 +216,16 @@ impl Store for SqliteStore {
         for name in &claim.names {
             query = query.bind(name);
         }
-        let rows = query.bind(i64::from(claim.limit)).fetch_all(&self.writer).await?;
+        let mut turn = self.group.turn().await?;
+        let rows = query.bind(i64::from(claim.limit)).fetch_all(turn.conn()).await;
+        let rows = turn.finish(rows).await?;
         let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
         jobs.sort_by(|a, b| (a.run_at, &a.id).cmp(&(b.run_at, &b.id)));
         Ok(jobs)
     }
 
     async fn job_spawned(&self, update: &SpawnUpdate) -> Result<(), StoreError> {
-        sqlx::query(
+        let query = sqlx::query(
             "UPDATE jobs SET pid = ?, process_state = COALESCE(?, process_state), shim_token = COALESCE(?, shim_token) \
              WHERE id = ? AND attempts = ? AND status = 'running' AND (? IS NULL OR node_id = ?)",
         )
@@ -225,16 +235,17 @@ impl Store for SqliteStore {
         .bind(&update.id)
         .bind(i64::from(update.attempt))
         .bind(&update.node_id)
-        .bind(&update.node_id)
-        .execute(&self.writer)
-        .await?;
+        .bind(&update.node_id);
+        let mut turn = self.group.turn().await?;
+        let outcome = query.execute(turn.conn()).await;
+        turn.finish(outcome).await?;
         Ok(())
     }
 
     async fn job_finish(&self, finish: &JobFinish) -> Result<bool, StoreError> {
         let retrying = finish.status == JobStatus::Scheduled;
         let result = finish.result.as_ref().map(Value::to_string);
-        let outcome = sqlx::query(
+        let query = sqlx::query(
             "UPDATE jobs SET status = ?, result = ?, error = ?, stack = ?, \
                  completed_at = CASE WHEN ? THEN NULL ELSE ? END, \
                  run_at = COALESCE(?, run_at), \
@@ -255,22 +266,24 @@ impl Store for SqliteStore {
         .bind(&finish.id)
         .bind(i64::from(finish.attempt))
         .bind(&finish.node_id)
-        .bind(&finish.node_id)
-        .execute(&self.writer)
-        .await?;
+        .bind(&finish.node_id);
+        let mut turn = self.group.turn().await?;
+        let outcome = query.execute(turn.conn()).await;
+        let outcome = turn.finish(outcome).await?;
         Ok(outcome.rows_affected() == 1)
     }
 
     async fn job_requeue(&self, id: &str, attempt: u32) -> Result<bool, StoreError> {
-        let outcome = sqlx::query(
+        let query = sqlx::query(
             "UPDATE jobs SET status = 'pending', attempts = attempts - 1, started_at = NULL, node_id = NULL, \
                  process_state = NULL, pid = NULL, shim_token = NULL \
              WHERE id = ? AND attempts = ? AND status = 'running'",
         )
         .bind(id)
-        .bind(i64::from(attempt))
-        .execute(&self.writer)
-        .await?;
+        .bind(i64::from(attempt));
+        let mut turn = self.group.turn().await?;
+        let outcome = query.execute(turn.conn()).await;
+        let outcome = turn.finish(outcome).await?;
         Ok(outcome.rows_affected() == 1)
     }
 
@@ -280,11 +293,14 @@ impl Store for SqliteStore {
                  result = NULL, process_state = NULL, pid = NULL \
              WHERE id = ? AND status IN ('failed', 'cancelled') RETURNING {COLUMNS}"
         );
-        if let Some(row) = sqlx::query(&sql).bind(now_ms).bind(id).fetch_optional(&self.writer).await? {
+        let mut turn = self.group.turn().await?;
+        let row = sqlx::query(&sql).bind(now_ms).bind(id).fetch_optional(turn.conn()).await;
+        if let Some(row) = turn.finish(row).await? {
             return Ok(RetryRequest::Retried(job_from_row(&row)?));
         }
+        // Nothing was written, so the reader sees the job as it is.
         let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = ?");
-        match sqlx::query(&sql).bind(id).fetch_optional(&self.writer).await? {
+        match sqlx::query(&sql).bind(id).fetch_optional(&self.reader).await? {
             Some(row) => Ok(RetryRequest::NotRetryable(job_from_row(&row)?)),
             None => Ok(RetryRequest::NotFound),
         }
@@ -318,7 +334,9 @@ impl Store for SqliteStore {
         for status in finished {
             query = query.bind(status);
         }
-        Ok(query.bind(before_ms).bind(i64::from(limit)).fetch_all(&self.writer).await?)
+        let mut turn = self.group.turn().await?;
+        let ids = query.bind(before_ms).bind(i64::from(limit)).fetch_all(turn.conn()).await;
+        turn.finish(ids).await
     }
 
     async fn job_cancel_waiting(&self, id: &str, now_ms: i64) -> Result<CancelWaiting, StoreError> {
@@ -326,13 +344,15 @@ impl Store for SqliteStore {
             "UPDATE jobs SET status = 'cancelled', completed_at = ? \
              WHERE id = ? AND status IN ('pending', 'scheduled') RETURNING {COLUMNS}"
         );
-        let row = sqlx::query(&sql).bind(now_ms).bind(id).fetch_optional(&self.writer).await?;
-        if let Some(row) = row {
+        let mut turn = self.group.turn().await?;
+        let row = sqlx::query(&sql).bind(now_ms).bind(id).fetch_optional(turn.conn()).await;
+        if let Some(row) = turn.finish(row).await? {
             return Ok(CancelWaiting::Cancelled(job_from_row(&row)?));
         }
-        // Read through the writer so the result includes the update above.
+        // Nothing was written, and every acknowledged write is committed,
+        // so the reader sees the job as it is.
         let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = ?");
-        match sqlx::query(&sql).bind(id).fetch_optional(&self.writer).await? {
+        match sqlx::query(&sql).bind(id).fetch_optional(&self.reader).await? {
             Some(row) => Ok(CancelWaiting::NotWaiting(job_from_row(&row)?)),
             None => Ok(CancelWaiting::NotFound),
         }
@@ -346,9 +366,10 @@ impl Store for SqliteStore {
         if updates.is_empty() {
             return Ok(());
         }
-        let mut tx = self.writer.begin().await?;
+        let mut turn = self.group.turn().await?;
+        let mut outcome = Ok(());
         for update in updates {
-            sqlx::query(
+            let result = sqlx::query(
                 "UPDATE jobs SET progress_percent = COALESCE(?, progress_percent), \
                      progress_message = COALESCE(?, progress_message), \
                      last_heartbeat = COALESCE(?, last_heartbeat), \
@@ -362,11 +383,14 @@ impl Store for SqliteStore {
             .bind(&update.id)
             .bind(node_id)
             .bind(node_id)
-            .execute(&mut *tx)
-            .await?;
+            .execute(turn.conn())
+            .await;
+            if let Err(err) = result {
+                outcome = Err(err);
+                break;
+            }
         }
-        tx.commit().await?;
-        Ok(())
+        turn.finish(outcome).await
     }
 
     async fn jobs_running(&self, node_id: &str) -> Result<Vec<Job>, StoreError> {

@@ -100,7 +100,7 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
 
     let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
     let reconnected = run.attach(session, tx.clone());
-    run.on_hello(&inner, &hello).await;
+    run.on_hello(&inner, &hello);
     if reconnected {
         tracing::info!(job_id = %run.job_id, job_name = %run.name, shim_pid = hello.shim_pid, "job reconnected after a server restart");
         run.note("info", "the server restarted; the job's shim reconnected".into());

@@ -123,6 +123,7 @@ impl Supervisor {
     /// paths would be too long, another server owns the control socket, or
     /// binding fails.
     pub async fn start(settings: SupervisorSettings, events: Events, live: Live, logs: JobLogs, store: Arc<dyn Store>) -> Result<Self, String> {
+        raise_open_files_limit();
         prepare_socket_dir(&settings.socket_dir)?;
         check_socket_path_length(&settings.socket_dir)?;
         for dir in [&settings.shim_log_dir, &settings.exit_dir] {
@@ -219,17 +220,16 @@ impl Supervisor {
             .stdout(Stdio::null())
             .stderr(Stdio::from(shim_log))
             .kill_on_drop(false);
-        // SAFETY: setsid is async-signal-safe. The forked child is not a
-        // process-group leader, so setsid succeeds and detaches the shim
-        // from the server's session and process group (Ctrl-C and service
-        // stops that signal the group do not reach it).
-        unsafe {
-            command.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        // The shim gets a process group of its own, so Ctrl-C and service
+        // stops that signal the server's group do not reach it. Without a
+        // pre_exec hook, std starts the shim with posix_spawn, which does not
+        // copy the server's page tables as fork does.
+        command.process_group(0);
+        // The shim lowers its open-files limit back to the one the server
+        // started with before it starts the job: programs that use select()
+        // fail on descriptors of 1024 and above.
+        if let Some(limit) = INHERITED_NOFILE.get() {
+            command.env(NOFILE_VARIABLE, limit.rlim_cur.to_string());
         }
         let mut child = command.spawn().map_err(|e| {
             format!(
@@ -295,6 +295,37 @@ impl Supervisor {
     /// Returns the number of external jobs being supervised.
     pub fn running_count(&self) -> usize {
         self.inner.runs.lock().expect("runs lock").len()
+    }
+}
+
+/// Environment variable that passes the server's original open-files soft
+/// limit to `burro-shim`.
+const NOFILE_VARIABLE: &str = "BURRO_SHIM_NOFILE";
+
+/// The `RLIMIT_NOFILE` values the server process started with, recorded by
+/// [`raise_open_files_limit`].
+static INHERITED_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Raises the soft limit on open files to the hard limit. Every running
+/// external job holds a control connection, so the common soft limit of
+/// 1024 would cap the number of running jobs.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes only to the struct passed to it.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "reading the open-files limit failed");
+        return;
+    }
+    let _ = INHERITED_NOFILE.set(limit);
+    if limit.rlim_cur >= limit.rlim_max {
+        return;
+    }
+    let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+    // SAFETY: setrlimit reads the struct, which lives for the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        tracing::debug!(from = limit.rlim_cur, to = limit.rlim_max, "raised the open-files soft limit to the hard limit");
+    } else {
+        tracing::warn!(soft = limit.rlim_cur, hard = limit.rlim_max, error = %std::io::Error::last_os_error(), "raising the open-files soft limit failed");
     }
 }
 

@@ -353,8 +353,10 @@ impl Run {
         }
     }
 
-    /// Applies the handshake: records the job's pid.
-    pub async fn on_hello(&self, inner: &Inner, hello: &Hello) {
+    /// Applies the handshake: records the job's pid. The store write runs on
+    /// its own task, because nothing depends on it and the job's first
+    /// messages should not wait for a commit.
+    pub fn on_hello(&self, inner: &Inner, hello: &Hello) {
         let pid = hello.child_pid.map(i64::from);
         inner.live.pid(&self.job_id, pid);
         let update = SpawnUpdate {
@@ -365,9 +367,12 @@ impl Run {
             shim_token: None,
             node_id: None,
         };
-        if let Err(err) = inner.store.job_spawned(&update).await {
-            tracing::warn!(job_id = %self.job_id, error = %err, "recording the job's pid failed");
-        }
+        let store = inner.store.clone();
+        tokio::spawn(async move {
+            if let Err(err) = store.job_spawned(&update).await {
+                tracing::warn!(job_id = %update.id, error = %err, "recording the job's pid failed");
+            }
+        });
     }
 
     /// Applies one frame forwarded by the shim.

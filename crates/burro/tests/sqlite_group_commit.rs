@@ -1,0 +1,74 @@
+//! Group commit of the SQLite store: concurrent writes share transactions,
+//! and a failed write fails alone.
+
+use burro::store::{JobStatus, ListQuery, NewJob, SqliteStore, Store};
+use serde_json::json;
+use std::sync::Arc;
+
+fn new_job(id: &str) -> NewJob {
+    NewJob {
+        id: id.to_string(),
+        name: "work".to_string(),
+        data: json!({"id": id}),
+        max_attempts: 1,
+        created_at: 1000,
+        run_at: 1000,
+        status: JobStatus::Pending,
+        external: false,
+        timeout_ms: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
+    let store = Arc::new(SqliteStore::open(&url).await.unwrap());
+    store.job_insert(&new_job("existing")).await.unwrap();
+
+    // The duplicate fails inside a group transaction that the other inserts
+    // share, and it must not take them down with it.
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let store = store.clone();
+        let id = if i == 32 { "existing".to_string() } else { format!("job-{i}") };
+        tasks.push(tokio::spawn(async move { (i, store.job_insert(&new_job(&id)).await) }));
+    }
+    for task in tasks {
+        let (i, result) = task.await.unwrap();
+        if i == 32 {
+            assert!(result.is_err(), "inserting a duplicate id succeeded");
+        } else {
+            assert_eq!(result.unwrap().id, format!("job-{i}"));
+        }
+    }
+    store.close().await;
+    drop(store);
+
+    let reopened = SqliteStore::open(&url).await.unwrap();
+    let page = reopened
+        .job_list(&ListQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.total, 64, "63 new jobs and the existing one");
+    assert!(page.jobs.iter().all(|job| job.status == JobStatus::Pending));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_after_failed_write_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
+    let store = SqliteStore::open(&url).await.unwrap();
+    store.job_insert(&new_job("a")).await.unwrap();
+    assert!(store.job_insert(&new_job("a")).await.is_err());
+    store.job_insert(&new_job("b")).await.unwrap();
+    store.close().await;
+    drop(store);
+
+    let reopened = SqliteStore::open(&url).await.unwrap();
+    assert!(reopened.job_get("a").await.unwrap().is_some());
+    assert!(reopened.job_get("b").await.unwrap().is_some());
+}
