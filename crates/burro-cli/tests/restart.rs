@@ -264,6 +264,33 @@ async fn job_without_shim_or_record_is_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_spec_is_taken_back_and_requeued() {
+    // A stand-in for burro-shim that never reads its spec file, as when the
+    // server dies between recording the shim's token and the shim's start.
+    let site = Site::new("reconnect_window = \"60s\"");
+    let stub = site.dir.path().join("stub-shim");
+    std::fs::write(&stub, "#!/bin/sh\nexec sleep 30\n").unwrap();
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = std::fs::read_to_string(&site.config).unwrap();
+    let stub_config = site.dir.path().join("burro-stub.toml");
+    std::fs::write(&stub_config, config.replace("[server]\n", &format!("[server]\nshim_path = \"{}\"\n", stub.display()))).unwrap();
+
+    let first = common::spawn(&stub_config, true);
+    let id = enqueue(&first, json!({"count": 3, "delay": 0.01})).await;
+    let spec = site.exit_dir().join(format!("{id}.1.spec"));
+    wait_until("the spec file is written", async || spec.exists()).await;
+    first.kill9();
+
+    // The real shim path: the restarted server finds the spec unread, takes
+    // it back and requeues the job instead of waiting 60 s for a shim.
+    let second = site.serve();
+    let finished = wait_finished(&second, std::slice::from_ref(&id)).await;
+    assert_eq!(finished[&id]["status"], "completed", "{}", finished[&id]);
+    assert_eq!(finished[&id]["attempts"], 1, "the attempt was given back");
+    assert!(!spec.exists(), "the spec file was removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupt_to_server_group_leaves_jobs_running() {
     let site = Site::new("");
     let mut first = site.serve();

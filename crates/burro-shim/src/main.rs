@@ -64,14 +64,34 @@ fn restore_open_files_limit() {
     }
 }
 
+/// Reads the spec from the file after `--spec-file`, or else from standard
+/// input. The file is claimed by renaming it before it is read, so a
+/// restarted server that takes the file back first (because it found no
+/// shim had it) makes this shim exit without starting the job.
 fn read_spec() -> Result<ShimSpec, String> {
     let mut input = Vec::new();
-    std::io::stdin()
-        .take(MAX_SPEC_BYTES)
-        .read_to_end(&mut input)
-        .map_err(|err| format!("reading the job spec from standard input failed: {err}"))?;
-    let spec: ShimSpec = serde_json::from_slice(&input)
-        .map_err(|err| format!("invalid job spec on standard input: {err}"))?;
+    let arguments: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let source = match arguments.as_slice() {
+        [flag, path] if flag == "--spec-file" => {
+            let path = std::path::PathBuf::from(path);
+            let claimed = path.with_extension("spec.claimed");
+            std::fs::rename(&path, &claimed)
+                .map_err(|err| format!("claiming the job spec file {} failed (a restarted server may have taken it back): {err}", path.display()))?;
+            let read = std::fs::File::open(&claimed).and_then(|file| file.take(MAX_SPEC_BYTES).read_to_end(&mut input));
+            let _ = std::fs::remove_file(&claimed);
+            read.map_err(|err| format!("reading the job spec file {} failed: {err}", claimed.display()))?;
+            "the spec file"
+        }
+        [] => {
+            std::io::stdin()
+                .take(MAX_SPEC_BYTES)
+                .read_to_end(&mut input)
+                .map_err(|err| format!("reading the job spec from standard input failed: {err}"))?;
+            "standard input"
+        }
+        _ => return Err("usage: burro-shim [--spec-file PATH] (the burro server starts this program)".into()),
+    };
+    let spec: ShimSpec = serde_json::from_slice(&input).map_err(|err| format!("invalid job spec on {source}: {err}"))?;
     if spec.version != CONTROL_VERSION {
         return Err(format!(
             "job {}: spec version {} is not supported by this shim (it speaks version {CONTROL_VERSION}); \

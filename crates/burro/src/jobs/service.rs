@@ -509,6 +509,13 @@ impl Jobs {
                     Ok(_) => tracing::info!(job_id = %job.id, job_name = %job.name, "requeued a job whose shim was never started"),
                     Err(err) => tracing::error!(job_id = %job.id, error = %err, "requeueing a job whose shim was never started failed"),
                 }
+            } else if job.external && self.shared.supervisor.reclaim_spec(&job) {
+                // The server stopped before any shim read the job's spec: the
+                // job never started, so the attempt is given back.
+                match self.shared.store.job_requeue(&job.id, job.attempts).await {
+                    Ok(_) => tracing::info!(job_id = %job.id, job_name = %job.name, "requeued a job whose shim never read its spec"),
+                    Err(err) => tracing::error!(job_id = %job.id, error = %err, "requeueing a job whose shim never read its spec failed"),
+                }
             } else if job.external {
                 let external = super::dispatch::external_of(&self.shared, &job);
                 let adoption = self.shared.supervisor.adopt(&job, &external);

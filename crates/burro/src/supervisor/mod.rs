@@ -23,7 +23,6 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
 /// Settings of the supervisor, from `[external]` and `[server]`.
@@ -167,18 +166,6 @@ impl Supervisor {
         self.inner.runs.lock().expect("runs lock").insert(job.id.clone(), run.clone());
         self.inner.live.process_state(&job.id, ProcessState::Spawning);
 
-        let update = SpawnUpdate {
-            id: job.id.clone(),
-            attempt: job.attempts,
-            pid: None,
-            process_state: Some(ProcessState::Spawning),
-            shim_token: Some(token.clone()),
-            node_id: job.node_id.clone(),
-        };
-        if let Err(err) = self.inner.store.job_spawned(&update).await {
-            tracing::warn!(job_id = %job.id, error = %err, "recording the shim token failed");
-        }
-
         if external.run_as.is_some() {
             if let Err(error) = socket_dir::prepare_users_dir(&self.inner.settings.socket_dir) {
                 run.deliver(ExitSummary {
@@ -193,7 +180,33 @@ impl Supervisor {
         }
         let env = job_environment(server_environment(), external, &job.id);
         let spec = shim_spec(&self.inner.settings, job, external, &token, env);
-        if let Err(error) = self.spawn_shim(&spec, run.clone()).await {
+        // The spec file is written before the token is recorded, so a
+        // server that restarts after recording it finds either a shim that
+        // took the spec or the spec itself; see `reclaim_spec`.
+        let spec_path = spec_file(&self.inner.settings, &job.id, job.attempts);
+        if let Err(error) = write_spec_file(&spec_path, &spec) {
+            run.deliver(ExitSummary {
+                report: Some(ExitReport {
+                    spawn_error: Some(error),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            return exit_rx.await.unwrap_or_default();
+        }
+        let update = SpawnUpdate {
+            id: job.id.clone(),
+            attempt: job.attempts,
+            pid: None,
+            process_state: Some(ProcessState::Spawning),
+            shim_token: Some(token.clone()),
+            node_id: job.node_id.clone(),
+        };
+        if let Err(err) = self.inner.store.job_spawned(&update).await {
+            tracing::warn!(job_id = %job.id, error = %err, "recording the shim token failed");
+        }
+        if let Err(error) = self.spawn_shim(&spec, &spec_path, run.clone()).await {
+            let _ = std::fs::remove_file(&spec_path);
             tracing::error!(job_id = %job.id, job_name = %job.name, error = %error, "starting the shim failed");
             run.deliver(ExitSummary {
                 report: Some(ExitReport {
@@ -206,7 +219,7 @@ impl Supervisor {
         exit_rx.await.unwrap_or_default()
     }
 
-    async fn spawn_shim(&self, spec: &burro_protocol::control::ShimSpec, run: Arc<Run>) -> Result<(), String> {
+    async fn spawn_shim(&self, spec: &burro_protocol::control::ShimSpec, spec_path: &std::path::Path, run: Arc<Run>) -> Result<(), String> {
         let settings = &self.inner.settings;
         let shim_log_path = settings.shim_log_dir.join(format!("{}.log", spec.job_id));
         let shim_log = std::fs::OpenOptions::new()
@@ -216,7 +229,9 @@ impl Supervisor {
             .map_err(|e| format!("opening the shim log {} failed: {e}", shim_log_path.display()))?;
         let mut command = tokio::process::Command::new(&settings.shim_path);
         command
-            .stdin(Stdio::piped())
+            .arg("--spec-file")
+            .arg(spec_path)
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(shim_log))
             .kill_on_drop(false);
@@ -237,14 +252,7 @@ impl Supervisor {
                 settings.shim_path.display()
             )
         })?;
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        let mut line = serde_json::to_vec(spec).expect("shim spec serializes");
-        line.push(b'\n');
-        stdin
-            .write_all(&line)
-            .await
-            .map_err(|e| format!("writing the job spec to the shim failed: {e}"))?;
-        drop(stdin);
+        tracing::trace!(job_id = %spec.job_id, shim_pid = ?child.id(), "shim started");
 
         let inner = self.inner.clone();
         tokio::spawn(async move {
@@ -296,6 +304,29 @@ impl Supervisor {
     pub fn running_count(&self) -> usize {
         self.inner.runs.lock().expect("runs lock").len()
     }
+}
+
+/// Returns the path of the spec file of one attempt, in the exit directory.
+pub(crate) fn spec_file(settings: &SupervisorSettings, job_id: &str, attempt: u32) -> PathBuf {
+    settings.exit_dir.join(format!("{job_id}.{attempt}.spec"))
+}
+
+/// Writes the shim's spec to `path` atomically, readable by the server's
+/// user only: it holds the job's environment and the shim's token.
+fn write_spec_file(path: &std::path::Path, spec: &burro_protocol::control::ShimSpec) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = path.with_extension("spec.tmp");
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&temporary)?;
+        serde_json::to_writer(&mut file, spec)?;
+        file.write_all(b"\n")?;
+        std::fs::rename(&temporary, path)
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&temporary);
+        format!("writing the shim spec file {} failed: {e}", path.display())
+    })
 }
 
 /// Environment variable that passes the server's original open-files soft

@@ -51,6 +51,22 @@ impl Supervisor {
         exit_rx.await.unwrap_or_default()
     }
 
+    /// Takes back the spec file of a job's attempt if no shim took it: the
+    /// server stopped after recording the shim's token but before a shim
+    /// read the spec, so the job never started. Returns true when the spec
+    /// was taken back; a shim that starts later finds it gone and exits.
+    pub fn reclaim_spec(&self, job: &Job) -> bool {
+        let path = super::spec_file(&self.inner.settings, &job.id, job.attempts);
+        let reclaimed = path.with_extension("spec.reclaimed");
+        match std::fs::rename(&path, &reclaimed) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&reclaimed);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Removes socket files and exit records that belong to no running job.
     pub fn remove_stale_files(&self, running: &HashSet<String>) {
         let settings = &self.inner.settings;
@@ -123,14 +139,15 @@ fn read_exit_record(path: &Path, job: &Job) -> Result<Option<Vec<ShimFrame>>, St
     Ok(Some(frames))
 }
 
-/// Removes spool files (`<job id>.<attempt>.spool`) and unfinished exit
-/// records (`<job id>.exit.tmp.<pid>`) of jobs that are not running: a shim
-/// killed with SIGKILL cannot remove its own.
+/// Removes spool files (`<job id>.<attempt>.spool`), unfinished exit
+/// records (`<job id>.exit.tmp.<pid>`) and spec files
+/// (`<job id>.<attempt>.spec*`) of jobs that are not running: a shim killed
+/// with SIGKILL cannot remove its own.
 fn remove_stale_spools(dir: &Path, running: &HashSet<String>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !(name.ends_with(".spool") || name.contains(".exit.tmp.")) {
+        if !(name.ends_with(".spool") || name.contains(".exit.tmp.") || name.ends_with(".spec") || name.contains(".spec.")) {
             continue;
         }
         let id = name.split('.').next().unwrap_or_default();
