@@ -6,6 +6,7 @@ mod baseline;
 mod report;
 mod restart;
 mod s3;
+mod scale;
 mod scenarios;
 
 use anyhow::{bail, Context, Result};
@@ -16,8 +17,9 @@ use std::path::PathBuf;
 pub enum Scale {
     /// Tiny counts that finish in a few seconds (the smoke test).
     Small,
-    /// The full counts: S1 500 jobs, S2 5,000 jobs, S4 16 x 100,000
-    /// messages, S7 1,000 running jobs.
+    /// The full counts: S1 500 jobs, S2 5,000 jobs, S3 100,000 jobs per
+    /// side, S4 16 x 100,000 messages, S6 5,000 sleeping jobs, S7 1,000
+    /// running jobs.
     Full,
 }
 
@@ -28,8 +30,8 @@ pub enum Scale {
 )]
 struct Args {
     /// Scenarios to run: s1 (dispatch latency), s2 (throughput), s3 (in-process
-    /// jobs against BullMQ and graphile-worker), s4 (message ingest), s7
-    /// (restart after kill -9). Default: all.
+    /// jobs against BullMQ and graphile-worker), s4 (message ingest), s6
+    /// (thousands of sleeping jobs), s7 (restart after kill -9). Default: all.
     scenarios: Vec<String>,
     /// Rounds per scenario; each round runs burro and its baseline once.
     #[arg(long, default_value_t = 3)]
@@ -76,9 +78,9 @@ async fn main() -> Result<()> {
         );
     }
 
-    if selected.contains(&"S7") && !burro.exists() {
+    if (selected.contains(&"S6") || selected.contains(&"S7")) && !burro.exists() {
         bail!(
-            "burro not found at {}: S7 runs `burro serve`; build it with the same profile, for example `cargo build --release -p burro-cli`",
+            "burro not found at {}: S6 and S7 run `burro serve`; build it with the same profile, for example `cargo build --release -p burro-cli`",
             burro.display()
         );
     }
@@ -94,6 +96,7 @@ async fn main() -> Result<()> {
             "S1" => scenarios::s1_dispatch_latency(&bench, args.scale, args.rounds).await,
             "S2" => scenarios::s2_throughput(&bench, args.scale, args.rounds).await,
             "S3" => s3::s3_in_process(args.scale, args.rounds, &args.postgres_url).await,
+            "S6" => scale::s6_scale(&burro, &worker, args.scale, args.rounds).await,
             "S7" => restart::s7_restart(&burro, &worker, args.scale, args.rounds).await,
             _ => scenarios::s4_message_ingest(&bench, args.scale, args.rounds).await,
         }
@@ -119,7 +122,7 @@ async fn main() -> Result<()> {
 
 /// Returns the scenario ids in run order, all of them when none is named.
 fn select(names: &[String]) -> Result<Vec<&'static str>> {
-    const ALL: [&str; 5] = ["S1", "S2", "S3", "S4", "S7"];
+    const ALL: [&str; 6] = ["S1", "S2", "S3", "S4", "S6", "S7"];
     if names.is_empty() {
         return Ok(ALL.to_vec());
     }
@@ -127,7 +130,7 @@ fn select(names: &[String]) -> Result<Vec<&'static str>> {
     for name in names {
         let upper = name.to_ascii_uppercase();
         let Some(id) = ALL.iter().find(|id| **id == upper) else {
-            bail!("unknown scenario {name:?}: expected s1, s2, s3, s4 or s7");
+            bail!("unknown scenario {name:?}: expected s1, s2, s3, s4, s6 or s7");
         };
         if !selected.contains(id) {
             selected.push(*id);

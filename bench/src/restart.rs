@@ -25,15 +25,15 @@ const PAGE: usize = 1000;
 const PARALLEL: usize = 16;
 
 /// `burro serve` as a child process in its own process group.
-struct Serve {
-    child: Child,
-    url: String,
+pub(crate) struct Serve {
+    pub(crate) child: Child,
+    pub(crate) url: String,
 }
 
 impl Serve {
     /// Starts `burro serve --config CONFIG` and waits until it prints the
     /// address it serves on.
-    fn start(burro: &Path, config: &Path) -> Result<Serve> {
+    pub(crate) fn start(burro: &Path, config: &Path) -> Result<Serve> {
         let mut child = Command::new(burro)
             .args(["serve", "--config"])
             .arg(config)
@@ -74,7 +74,7 @@ impl Serve {
     }
 
     /// Stops the server with SIGTERM, then SIGKILL after 10 s.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         // SAFETY: kill only sends a signal to the server's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -261,7 +261,7 @@ heartbeat_timeout = "30s"
     Ok(path)
 }
 
-async fn enqueue(client: &reqwest::Client, url: &str, data: Value) -> Result<String> {
+pub(crate) async fn enqueue(client: &reqwest::Client, url: &str, data: Value) -> Result<String> {
     let response = client
         .post(format!("{url}/api/jobs"))
         .json(&json!({"name": "tiny", "data": data}))
@@ -280,7 +280,7 @@ async fn enqueue(client: &reqwest::Client, url: &str, data: Value) -> Result<Str
 }
 
 /// Returns every job with status `running`, page by page.
-async fn running_jobs(client: &reqwest::Client, url: &str) -> Result<Vec<Value>> {
+pub(crate) async fn running_jobs(client: &reqwest::Client, url: &str) -> Result<Vec<Value>> {
     let mut jobs = Vec::new();
     loop {
         let page: Value = client
@@ -299,7 +299,7 @@ async fn running_jobs(client: &reqwest::Client, url: &str) -> Result<Vec<Value>>
     }
 }
 
-async fn count(client: &reqwest::Client, url: &str, status: &str) -> Result<u64> {
+pub(crate) async fn count(client: &reqwest::Client, url: &str, status: &str) -> Result<u64> {
     let page: Value = client
         .get(format!("{url}/api/jobs?status={status}&limit=1"))
         .send()
@@ -334,7 +334,7 @@ async fn missing_numbers(client: &reqwest::Client, url: &str, id: &str, expected
 }
 
 /// Returns the resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> Result<f64> {
+pub(crate) fn rss_kib(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
     status
         .lines()
@@ -346,7 +346,7 @@ fn rss_kib(pid: u32) -> Result<f64> {
 /// Returns the median of Private_Clean + Private_Dirty from
 /// `/proc/PID/smaps_rollup` over the shims of up to 50 of `jobs`. A job's
 /// `pid` is the job process, whose parent is its shim.
-fn median_shim_private_kib(jobs: &[Value]) -> Result<f64> {
+pub(crate) fn median_shim_private_kib(jobs: &[Value]) -> Result<f64> {
     let mut sizes = Vec::new();
     for job in jobs.iter().take(50) {
         let Some(pid) = job["pid"].as_i64() else { continue };
@@ -370,7 +370,7 @@ fn median_shim_private_kib(jobs: &[Value]) -> Result<f64> {
 }
 
 /// Polls `check` every `POLL` until it returns true, for at most `WAIT`.
-async fn wait_for<F, Fut>(what: &str, mut check: F) -> Result<()>
+pub(crate) async fn wait_for<F, Fut>(what: &str, mut check: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool>>,

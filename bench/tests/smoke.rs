@@ -46,7 +46,7 @@ fn small_scale_writes_every_scenario() {
         .iter()
         .map(|s| s["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["S1", "S2", "S3", "S4", "S7"]);
+    assert_eq!(ids, ["S1", "S2", "S3", "S4", "S6", "S7"]);
     for scenario in scenarios {
         let metrics = scenario["metrics"].as_array().unwrap();
         assert!(!metrics.is_empty(), "{} has no metrics", scenario["id"]);
@@ -63,9 +63,13 @@ fn small_scale_writes_every_scenario() {
             assert!(metric["ratio"].as_f64().unwrap().is_finite());
         }
     }
-    let s4 = &scenarios[3];
+    let by_id = |id: &str| scenarios.iter().find(|s| s["id"] == id).unwrap();
+    let s4 = by_id("S4");
     assert_eq!(s4["lost"].as_u64(), Some(0), "S4 lost messages");
-    let s7 = &scenarios[4];
+    let s6 = by_id("S6");
+    assert_eq!(s6["extra"]["falseStaleEvents"][0], 0, "S6 false stale reports");
+    assert_eq!(s6["extra"]["jobsNotCompleted"][0], 0, "every S6 job completed");
+    let s7 = by_id("S7");
     assert_eq!(s7["lost"].as_u64(), Some(0), "S7 lost messages");
     let reconnected = s7["metrics"][0]["burro"]["median"].as_f64().unwrap();
     assert!(reconnected.is_finite(), "S7 reconnect time is {reconnected}");

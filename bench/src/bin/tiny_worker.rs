@@ -6,6 +6,11 @@
 //! With `data.logs` set, it sends that many `log` messages instead of the
 //! progress messages, numbered from 1, one every `data.intervalMs`
 //! milliseconds, so a reader can tell which ones arrived.
+//!
+//! With `data.stopFile` set, it sends a `heartbeat` every
+//! `data.heartbeatMs` milliseconds instead, and completes once that file
+//! exists (checked at each heartbeat, so thousands of these jobs stay
+//! asleep): a sleeping job that lives as long as the benchmark needs.
 
 use std::io::{BufRead, BufWriter, Write};
 use std::os::unix::net::UnixStream;
@@ -42,6 +47,10 @@ fn run() -> Result<(), String> {
     if logs > 0 {
         return send_numbered_logs(out, job_id, logs, interval);
     }
+    if let Some(stop_file) = payload["data"]["stopFile"].as_str() {
+        let heartbeat = std::time::Duration::from_millis(payload["data"]["heartbeatMs"].as_u64().unwrap_or(5000));
+        return heartbeat_until(out, job_id, std::path::Path::new(stop_file), heartbeat);
+    }
     if progress == 0 {
         // The first message goes out at once: its arrival is what S1 measures.
         out.flush().map_err(|e| e.to_string())?;
@@ -59,6 +68,25 @@ fn run() -> Result<(), String> {
         r#"{{"type":"completed","jobId":"{job_id}","result":null}}"#
     )
     .map_err(|e| e.to_string())?;
+    out.flush().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Sends a `heartbeat` every `interval` until `stop_file` exists, then
+/// `completed`.
+fn heartbeat_until(
+    mut out: BufWriter<UnixStream>,
+    job_id: &str,
+    stop_file: &std::path::Path,
+    interval: std::time::Duration,
+) -> Result<(), String> {
+    out.flush().map_err(|e| e.to_string())?;
+    while !stop_file.exists() {
+        std::thread::sleep(interval);
+        writeln!(out, r#"{{"type":"heartbeat","jobId":"{job_id}"}}"#).map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+    }
+    writeln!(out, r#"{{"type":"completed","jobId":"{job_id}","result":null}}"#).map_err(|e| e.to_string())?;
     out.flush().map_err(|e| e.to_string())?;
     Ok(())
 }
