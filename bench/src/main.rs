@@ -3,6 +3,7 @@
 //! machine itself allows. Rounds alternate which side runs first.
 
 mod baseline;
+mod fanout;
 mod report;
 mod restart;
 mod s3;
@@ -18,7 +19,8 @@ pub enum Scale {
     /// Tiny counts that finish in a few seconds (the smoke test).
     Small,
     /// The full counts: S1 500 jobs, S2 5,000 jobs, S3 100,000 jobs per
-    /// side, S4 16 x 100,000 messages, S6 5,000 sleeping jobs, S7 1,000
+    /// side, S4 16 x 100,000 messages, S5 100 SSE clients and 10 jobs of
+    /// 5,000 progress messages, S6 5,000 sleeping jobs, S7 1,000
     /// running jobs.
     Full,
 }
@@ -30,7 +32,8 @@ pub enum Scale {
 )]
 struct Args {
     /// Scenarios to run: s1 (dispatch latency), s2 (throughput), s3 (in-process
-    /// jobs against BullMQ and graphile-worker), s4 (message ingest), s6
+    /// jobs against BullMQ and graphile-worker), s4 (message ingest), s5 (SSE
+    /// fan-out), s6
     /// (thousands of sleeping jobs), s7 (restart after kill -9). Default: all.
     scenarios: Vec<String>,
     /// Rounds per scenario; each round runs burro and its baseline once.
@@ -78,9 +81,9 @@ async fn main() -> Result<()> {
         );
     }
 
-    if (selected.contains(&"S6") || selected.contains(&"S7")) && !burro.exists() {
+    if ["S5", "S6", "S7"].iter().any(|id| selected.contains(id)) && !burro.exists() {
         bail!(
-            "burro not found at {}: S6 and S7 run `burro serve`; build it with the same profile, for example `cargo build --release -p burro-cli`",
+            "burro not found at {}: S5, S6 and S7 run `burro serve`; build it with the same profile, for example `cargo build --release -p burro-cli`",
             burro.display()
         );
     }
@@ -96,6 +99,7 @@ async fn main() -> Result<()> {
             "S1" => scenarios::s1_dispatch_latency(&bench, args.scale, args.rounds).await,
             "S2" => scenarios::s2_throughput(&bench, args.scale, args.rounds).await,
             "S3" => s3::s3_in_process(args.scale, args.rounds, &args.postgres_url).await,
+            "S5" => fanout::s5_fanout(&burro, &worker, args.scale, args.rounds).await,
             "S6" => scale::s6_scale(&burro, &worker, args.scale, args.rounds).await,
             "S7" => restart::s7_restart(&burro, &worker, args.scale, args.rounds).await,
             _ => scenarios::s4_message_ingest(&bench, args.scale, args.rounds).await,
@@ -122,7 +126,7 @@ async fn main() -> Result<()> {
 
 /// Returns the scenario ids in run order, all of them when none is named.
 fn select(names: &[String]) -> Result<Vec<&'static str>> {
-    const ALL: [&str; 6] = ["S1", "S2", "S3", "S4", "S6", "S7"];
+    const ALL: [&str; 7] = ["S1", "S2", "S3", "S4", "S5", "S6", "S7"];
     if names.is_empty() {
         return Ok(ALL.to_vec());
     }
@@ -130,7 +134,7 @@ fn select(names: &[String]) -> Result<Vec<&'static str>> {
     for name in names {
         let upper = name.to_ascii_uppercase();
         let Some(id) = ALL.iter().find(|id| **id == upper) else {
-            bail!("unknown scenario {name:?}: expected s1, s2, s3, s4, s6 or s7");
+            bail!("unknown scenario {name:?}: expected s1, s2, s3, s4, s5, s6 or s7");
         };
         if !selected.contains(id) {
             selected.push(*id);

@@ -41,7 +41,7 @@ pub async fn s6_scale(burro: &Path, worker: &Path, scale: Scale, rounds_count: u
         Scale::Small => (20u64, Duration::from_secs(3)),
         Scale::Full => (5_000, Duration::from_secs(30)),
     };
-    let mut cpu = Metric::new("server CPU while jobs sleep (% of a core)", "%", Target::AtMost(5.0));
+    let mut cpu = Metric::new("server CPU while jobs sleep", "% of a core", Target::AtMost(5.0));
     cpu.absolute = true;
     let mut memory = Metric::new("server memory per running job", "KiB", Target::AtMost(64.0));
     memory.absolute = true;
@@ -176,7 +176,7 @@ heartbeat_timeout = "{timeout}ms"
 }
 
 /// Returns the user plus system CPU time of process `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
     // After the command name, which ends with the last ')', utime and stime
     // are the 12th and 13th fields.

@@ -46,7 +46,7 @@ fn small_scale_writes_every_scenario() {
         .iter()
         .map(|s| s["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, ["S1", "S2", "S3", "S4", "S6", "S7"]);
+    assert_eq!(ids, ["S1", "S2", "S3", "S4", "S5", "S6", "S7"]);
     for scenario in scenarios {
         let metrics = scenario["metrics"].as_array().unwrap();
         assert!(!metrics.is_empty(), "{} has no metrics", scenario["id"]);
@@ -66,6 +66,14 @@ fn small_scale_writes_every_scenario() {
     let by_id = |id: &str| scenarios.iter().find(|s| s["id"] == id).unwrap();
     let s4 = by_id("S4");
     assert_eq!(s4["lost"].as_u64(), Some(0), "S4 lost messages");
+    let s5 = by_id("S5");
+    let s5_metric = |name: &str| {
+        let metric = s5["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == name).unwrap();
+        metric["burro"]["median"].as_f64().unwrap()
+    };
+    assert_eq!(s5_metric("clients that missed a terminal event"), 0.0, "S5 terminal events");
+    let delivered = s5_metric("progress delivered to the slowest client");
+    assert!(delivered > 0.0 && delivered <= 100.0, "S5 delivered {delivered} % of progress");
     let s6 = by_id("S6");
     assert_eq!(s6["extra"]["falseStaleEvents"][0], 0, "S6 false stale reports");
     assert_eq!(s6["extra"]["jobsNotCompleted"][0], 0, "every S6 job completed");

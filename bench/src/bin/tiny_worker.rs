@@ -7,6 +7,10 @@
 //! progress messages, numbered from 1, one every `data.intervalMs`
 //! milliseconds, so a reader can tell which ones arrived.
 //!
+//! With `data.perSecond` set as well as `data.progress`, it paces the
+//! progress messages at that many per second, flushed every 10 ms, instead
+//! of sending them as fast as it can.
+//!
 //! With `data.stopFile` set, it sends a `heartbeat` every
 //! `data.heartbeatMs` milliseconds instead, and completes once that file
 //! exists (checked at each heartbeat, so thousands of these jobs stay
@@ -51,6 +55,9 @@ fn run() -> Result<(), String> {
         let heartbeat = std::time::Duration::from_millis(payload["data"]["heartbeatMs"].as_u64().unwrap_or(5000));
         return heartbeat_until(out, job_id, std::path::Path::new(stop_file), heartbeat);
     }
+    if let Some(per_second) = payload["data"]["perSecond"].as_u64().filter(|rate| *rate > 0) {
+        return send_paced_progress(out, job_id, progress, per_second);
+    }
     if progress == 0 {
         // The first message goes out at once: its arrival is what S1 measures.
         out.flush().map_err(|e| e.to_string())?;
@@ -68,6 +75,27 @@ fn run() -> Result<(), String> {
         r#"{{"type":"completed","jobId":"{job_id}","result":null}}"#
     )
     .map_err(|e| e.to_string())?;
+    out.flush().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Sends `count` progress messages at `per_second` a second, flushing every
+/// 10 ms the ones that are due by then, then `completed`.
+fn send_paced_progress(mut out: BufWriter<UnixStream>, job_id: &str, count: u64, per_second: u64) -> Result<(), String> {
+    out.flush().map_err(|e| e.to_string())?;
+    let start = std::time::Instant::now();
+    let mut sent = 0;
+    while sent < count {
+        let due = (start.elapsed().as_secs_f64() * per_second as f64) as u64;
+        while sent < due.min(count) {
+            sent += 1;
+            writeln!(out, r#"{{"type":"progress","jobId":"{job_id}","percent":{},"message":"{sent}"}}"#, sent * 100 / count)
+                .map_err(|e| e.to_string())?;
+        }
+        out.flush().map_err(|e| e.to_string())?;
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    writeln!(out, r#"{{"type":"completed","jobId":"{job_id}","result":null}}"#).map_err(|e| e.to_string())?;
     out.flush().map_err(|e| e.to_string())?;
     Ok(())
 }
