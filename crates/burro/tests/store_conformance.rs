@@ -283,6 +283,56 @@ async fn live_updates_and_running_jobs(store: Arc<dyn Store>) {
     assert_eq!(job.attempts, 0);
 }
 
+async fn live_flush_of_many_jobs(store: Arc<dyn Store>) {
+    let ids: Vec<String> = (0..300).map(|i| format!("many-{i:03}")).collect();
+    for id in &ids {
+        store.job_insert(&new_job(id, "ext", JobStatus::Pending, 1000)).await.unwrap();
+    }
+    assert_eq!(store.job_claim(&claim(&["ext"], 300, 1000)).await.unwrap().len(), 300);
+    let first: Vec<LiveUpdate> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| LiveUpdate {
+            id: id.clone(),
+            progress_percent: Some(i as f64 / 3.0),
+            progress_message: Some(format!("step \"{i}\" of 300, é ✓ {{\"json\": [1]}}")),
+            last_heartbeat: Some(10_000 + i as i64),
+            process_state: Some(ProcessState::Running),
+        })
+        .collect();
+    store.jobs_live_flush(None, &first).await.unwrap();
+    // A heartbeat-only update keeps the progress written before it.
+    let heartbeats: Vec<LiveUpdate> = ids
+        .iter()
+        .map(|id| LiveUpdate {
+            id: id.clone(),
+            progress_percent: None,
+            progress_message: None,
+            last_heartbeat: Some(20_000),
+            process_state: None,
+        })
+        .collect();
+    store.jobs_live_flush(None, &heartbeats).await.unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let job = store.job_get(id).await.unwrap().unwrap();
+        assert_eq!(job.progress_percent, Some(i as f64 / 3.0), "percent of {id}");
+        assert_eq!(job.progress_message, Some(format!("step \"{i}\" of 300, é ✓ {{\"json\": [1]}}")), "message of {id}");
+        assert_eq!(job.last_heartbeat, Some(20_000), "heartbeat of {id}");
+        assert_eq!(job.process_state, Some(ProcessState::Running), "state of {id}");
+    }
+    let whole = vec![LiveUpdate {
+        id: ids[0].clone(),
+        progress_percent: Some(50.0),
+        progress_message: None,
+        last_heartbeat: None,
+        process_state: Some(ProcessState::Reconnecting),
+    }];
+    store.jobs_live_flush(None, &whole).await.unwrap();
+    let job = store.job_get(&ids[0]).await.unwrap().unwrap();
+    assert_eq!(job.progress_percent, Some(50.0));
+    assert_eq!(job.process_state, Some(ProcessState::Reconnecting));
+}
+
 async fn retry_counts_and_purge(store: Arc<dyn Store>) {
     store.job_insert(&new_job("f", "resize", JobStatus::Pending, 1000)).await.unwrap();
     store.job_insert(&new_job("p", "resize", JobStatus::Pending, 1000)).await.unwrap();
@@ -440,6 +490,7 @@ conformance!(
     finish_retry_and_complete,
     cancel_only_waiting_jobs,
     live_updates_and_running_jobs,
+    live_flush_of_many_jobs,
     retry_counts_and_purge,
     keyset_pages_follow_the_listing_order,
     writes_of_another_node_change_nothing,

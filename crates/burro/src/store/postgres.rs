@@ -401,25 +401,30 @@ impl Store for PostgresStore {
         if updates.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
-        for update in updates {
-            sqlx::query(
-                "UPDATE jobs SET progress_percent = COALESCE($1, progress_percent), \
-                     progress_message = COALESCE($2, progress_message), \
-                     last_heartbeat = COALESCE($3, last_heartbeat), \
-                     process_state = COALESCE($4, process_state) \
-                 WHERE id = $5 AND status = 'running' AND ($6::TEXT IS NULL OR node_id = $6)",
-            )
-            .bind(update.progress_percent)
-            .bind(&update.progress_message)
-            .bind(update.last_heartbeat)
-            .bind(update.process_state.map(ProcessState::as_str))
-            .bind(&update.id)
-            .bind(node_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        // One statement for the whole batch, with the updates as parallel
+        // arrays, instead of a round trip per running job.
+        let ids: Vec<&str> = updates.iter().map(|u| u.id.as_str()).collect();
+        let percents: Vec<Option<f64>> = updates.iter().map(|u| u.progress_percent).collect();
+        let messages: Vec<Option<&str>> = updates.iter().map(|u| u.progress_message.as_deref()).collect();
+        let heartbeats: Vec<Option<i64>> = updates.iter().map(|u| u.last_heartbeat).collect();
+        let states: Vec<Option<&str>> = updates.iter().map(|u| u.process_state.map(ProcessState::as_str)).collect();
+        sqlx::query(
+            "UPDATE jobs SET progress_percent = COALESCE(u.percent, jobs.progress_percent), \
+                 progress_message = COALESCE(u.message, jobs.progress_message), \
+                 last_heartbeat = COALESCE(u.heartbeat, jobs.last_heartbeat), \
+                 process_state = COALESCE(u.state, jobs.process_state) \
+             FROM UNNEST($1::TEXT[], $2::DOUBLE PRECISION[], $3::TEXT[], $4::BIGINT[], $5::TEXT[]) \
+                  AS u(id, percent, message, heartbeat, state) \
+             WHERE jobs.id = u.id AND jobs.status = 'running' AND ($6::TEXT IS NULL OR jobs.node_id = $6)",
+        )
+        .bind(&ids)
+        .bind(&percents)
+        .bind(&messages)
+        .bind(&heartbeats)
+        .bind(&states)
+        .bind(node_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -31,6 +31,19 @@ pub struct SqliteStore {
     group: std::sync::Arc<group_commit::GroupWriter>,
 }
 
+/// Writes a batch of live updates, given as one JSON array, in one
+/// statement. The unary `+` keeps SQLite from driving the join with the
+/// status index, which would parse the array again for every running job:
+/// the plan walks the array and finds each job by its primary key.
+const LIVE_FLUSH_SQL: &str = "UPDATE jobs SET progress_percent = COALESCE(u.percent, jobs.progress_percent), \
+         progress_message = COALESCE(u.message, jobs.progress_message), \
+         last_heartbeat = COALESCE(u.heartbeat, jobs.last_heartbeat), \
+         process_state = COALESCE(u.state, jobs.process_state) \
+     FROM (SELECT value ->> '$.id' AS id, value ->> '$.percent' AS percent, \
+                  value ->> '$.message' AS message, value ->> '$.heartbeat' AS heartbeat, \
+                  value ->> '$.state' AS state FROM json_each(?)) AS u \
+     WHERE jobs.id = u.id AND +jobs.status = 'running' AND (? IS NULL OR jobs.node_id = ?)";
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://PATH`)
     /// and runs pending migrations.
@@ -366,31 +379,31 @@ impl Store for SqliteStore {
         if updates.is_empty() {
             return Ok(());
         }
+        // One statement for the whole batch: thousands of running jobs
+        // heartbeat every few seconds, and a statement per job would cost a
+        // round trip to the database thread each.
+        let rows: Vec<serde_json::Value> = updates
+            .iter()
+            .map(|update| {
+                serde_json::json!({
+                    "id": update.id,
+                    "percent": update.progress_percent,
+                    "message": update.progress_message,
+                    "heartbeat": update.last_heartbeat,
+                    "state": update.process_state.map(ProcessState::as_str),
+                })
+            })
+            .collect();
+        let batch = serde_json::Value::Array(rows).to_string();
         let mut turn = self.group.turn().await?;
-        let mut outcome = Ok(());
-        for update in updates {
-            let result = sqlx::query(
-                "UPDATE jobs SET progress_percent = COALESCE(?, progress_percent), \
-                     progress_message = COALESCE(?, progress_message), \
-                     last_heartbeat = COALESCE(?, last_heartbeat), \
-                     process_state = COALESCE(?, process_state) \
-                 WHERE id = ? AND status = 'running' AND (? IS NULL OR node_id = ?)",
-            )
-            .bind(update.progress_percent)
-            .bind(&update.progress_message)
-            .bind(update.last_heartbeat)
-            .bind(update.process_state.map(ProcessState::as_str))
-            .bind(&update.id)
-            .bind(node_id)
-            .bind(node_id)
-            .execute(turn.conn())
-            .await;
-            if let Err(err) = result {
-                outcome = Err(err);
-                break;
-            }
-        }
-        turn.finish(outcome).await
+        let result = sqlx::query(LIVE_FLUSH_SQL)
+        .bind(batch)
+        .bind(node_id)
+        .bind(node_id)
+        .execute(turn.conn())
+        .await
+        .map(|_| ());
+        turn.finish(result).await
     }
 
     async fn jobs_running(&self, node_id: &str) -> Result<Vec<Job>, StoreError> {
@@ -416,5 +429,28 @@ impl Store for SqliteStore {
             query = query.bind(name);
         }
         Ok(query.fetch_one(&self.reader).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn live_flush_finds_jobs_by_primary_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("plan.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let rows: Vec<(i64, i64, i64, String)> = sqlx::query_as(&format!("EXPLAIN QUERY PLAN {LIVE_FLUSH_SQL}"))
+            .bind("[]")
+            .bind(None::<String>)
+            .bind(None::<String>)
+            .fetch_all(&store.reader)
+            .await
+            .unwrap();
+        let details: Vec<&str> = rows.iter().map(|row| row.3.as_str()).collect();
+        assert_eq!(details.len(), 2, "plan: {details:?}");
+        assert!(details[0].starts_with("SCAN json_each"), "plan: {details:?}");
+        assert!(details[1].contains("jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"), "plan: {details:?}");
     }
 }
