@@ -44,6 +44,33 @@ const LIVE_FLUSH_SQL: &str = "UPDATE jobs SET progress_percent = COALESCE(u.perc
                   value ->> '$.state' AS state FROM json_each(?)) AS u \
      WHERE jobs.id = u.id AND +jobs.status = 'running' AND (? IS NULL OR jobs.node_id = ?)";
 
+/// Returns the claim statement for `names` job names. The waiting jobs
+/// are read through the partial index `jobs_waiting`, in the order it keeps:
+/// left to itself, SQLite picks the index on `name`, and then every claim
+/// reads every job of that name, finished ones included.
+fn claim_sql(names: usize) -> String {
+    format!(
+        "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, node_id = ?, \
+             completed_at = NULL, pid = NULL, last_heartbeat = NULL, shim_token = NULL, \
+             progress_percent = NULL, progress_message = NULL, \
+             process_state = CASE WHEN external = 1 THEN 'spawning' ELSE NULL END \
+         WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_waiting \
+             WHERE status IN ('pending', 'scheduled') AND run_at <= ? \
+             AND name IN ({}) ORDER BY run_at, id LIMIT ?) \
+         RETURNING {COLUMNS}",
+        placeholders(names)
+    )
+}
+
+/// Returns the query for the earliest waiting job of `names` job names,
+/// through `jobs_waiting` for the same reason as [`claim_sql`].
+fn next_run_at_sql(names: usize) -> String {
+    format!(
+        "SELECT MIN(run_at) FROM jobs INDEXED BY jobs_waiting WHERE status IN ('pending', 'scheduled') AND name IN ({})",
+        placeholders(names)
+    )
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://PATH`)
     /// and runs pending migrations.
@@ -215,16 +242,7 @@ impl Store for SqliteStore {
         }
         // One UPDATE ... RETURNING on the single writer connection is atomic,
         // so no two claims can return the same job.
-        let sql = format!(
-            "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, node_id = ?, \
-                 completed_at = NULL, pid = NULL, last_heartbeat = NULL, shim_token = NULL, \
-                 progress_percent = NULL, progress_message = NULL, \
-                 process_state = CASE WHEN external = 1 THEN 'spawning' ELSE NULL END \
-             WHERE id IN (SELECT id FROM jobs WHERE status IN ('pending', 'scheduled') AND run_at <= ? \
-                 AND name IN ({}) ORDER BY run_at, id LIMIT ?) \
-             RETURNING {COLUMNS}",
-            placeholders(claim.names.len())
-        );
+        let sql = claim_sql(claim.names.len());
         let mut query = sqlx::query(&sql).bind(claim.now_ms).bind(&claim.node_id).bind(claim.now_ms);
         for name in &claim.names {
             query = query.bind(name);
@@ -420,10 +438,7 @@ impl Store for SqliteStore {
         if names.is_empty() {
             return Ok(None);
         }
-        let sql = format!(
-            "SELECT MIN(run_at) FROM jobs WHERE status IN ('pending', 'scheduled') AND name IN ({})",
-            placeholders(names.len())
-        );
+        let sql = next_run_at_sql(names.len());
         let mut query = sqlx::query_scalar::<_, Option<i64>>(&sql);
         for name in names {
             query = query.bind(name);
@@ -452,5 +467,30 @@ mod tests {
         assert_eq!(details.len(), 2, "plan: {details:?}");
         assert!(details[0].starts_with("SCAN json_each"), "plan: {details:?}");
         assert!(details[1].contains("jobs USING INDEX sqlite_autoindex_jobs_1 (id=?)"), "plan: {details:?}");
+    }
+
+    async fn plan(store: &SqliteStore, sql: &str, binds: &[i64]) -> Vec<String> {
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain);
+        for value in binds {
+            query = query.bind(*value);
+        }
+        query.fetch_all(&store.reader).await.unwrap().into_iter().map(|row| row.3).collect()
+    }
+
+    #[tokio::test]
+    async fn claim_reads_only_waiting_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("plan.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+
+        let claim = plan(&store, &claim_sql(2), &[0, 0, 0, 0, 0, 1]).await;
+        assert!(claim.iter().any(|step| step.contains("USING INDEX jobs_waiting")), "claim plan: {claim:?}");
+        assert!(!claim.iter().any(|step| step.contains("jobs_name_created")), "claim plan: {claim:?}");
+        assert!(!claim.iter().any(|step| step.contains("TEMP B-TREE")), "claim plan: {claim:?}");
+
+        let next = plan(&store, &next_run_at_sql(2), &[0, 0]).await;
+        assert!(next.iter().any(|step| step.contains("USING INDEX jobs_waiting")), "next run plan: {next:?}");
+        assert!(!next.iter().any(|step| step.contains("jobs_name_created")), "next run plan: {next:?}");
     }
 }
