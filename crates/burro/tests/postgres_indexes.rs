@@ -43,6 +43,10 @@ async fn claim_and_list_use_indexes_with_a_million_finished_jobs() {
     assert!(claim.contains("jobs_waiting"), "the claim reads the partial index of waiting jobs:\n{claim}");
     assert!(!claim.contains("Seq Scan"), "{claim}");
 
+    let next = plan(&pool, "SELECT MIN(run_at) FROM jobs WHERE status IN ('pending', 'scheduled') AND name = ANY('{resize}')").await;
+    assert!(next.contains("jobs_waiting"), "the next-run query reads the partial index of waiting jobs:\n{next}");
+    assert!(!next.contains("Seq Scan"), "{next}");
+
     let newest = plan(&pool, "SELECT id FROM jobs ORDER BY created_at DESC, id DESC LIMIT 50").await;
     assert!(newest.contains("jobs_created"), "{newest}");
     assert!(!newest.contains("Seq Scan"), "{newest}");
