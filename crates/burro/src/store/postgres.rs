@@ -403,11 +403,11 @@ impl Store for PostgresStore {
         }
         // One statement for the whole batch, with the updates as parallel
         // arrays, instead of a round trip per running job.
-        let ids: Vec<&str> = updates.iter().map(|u| u.id.as_str()).collect();
-        let percents: Vec<Option<f64>> = updates.iter().map(|u| u.progress_percent).collect();
-        let messages: Vec<Option<&str>> = updates.iter().map(|u| u.progress_message.as_deref()).collect();
-        let heartbeats: Vec<Option<i64>> = updates.iter().map(|u| u.last_heartbeat).collect();
-        let states: Vec<Option<&str>> = updates.iter().map(|u| u.process_state.map(ProcessState::as_str)).collect();
+        let ids: Vec<&str> = updates.iter().map(|update| update.id.as_str()).collect();
+        let percents: Vec<Option<f64>> = updates.iter().map(|update| update.progress_percent).collect();
+        let messages: Vec<Option<&str>> = updates.iter().map(|update| update.progress_message.as_deref()).collect();
+        let heartbeats: Vec<Option<i64>> = updates.iter().map(|update| update.last_heartbeat).collect();
+        let states: Vec<Option<&str>> = updates.iter().map(|update| update.process_state.map(ProcessState::as_str)).collect();
         sqlx::query(
             "UPDATE jobs SET progress_percent = COALESCE(u.percent, jobs.progress_percent), \
                  progress_message = COALESCE(u.message, jobs.progress_message), \

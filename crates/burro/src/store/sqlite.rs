@@ -31,10 +31,10 @@ pub struct SqliteStore {
     group: std::sync::Arc<group_commit::GroupWriter>,
 }
 
-/// Writes a batch of live updates, given as one JSON array, in one
-/// statement. The unary `+` keeps SQLite from driving the join with the
-/// status index, which would parse the array again for every running job:
-/// the plan walks the array and finds each job by its primary key.
+/// The statement that writes a batch of live updates, given as one JSON
+/// array. The unary `+` keeps SQLite from driving the join with the status
+/// index, which would parse the array again for every running job. The plan
+/// walks the array instead and finds each job by its primary key.
 const LIVE_FLUSH_SQL: &str = "UPDATE jobs SET progress_percent = COALESCE(u.percent, jobs.progress_percent), \
          progress_message = COALESCE(u.message, jobs.progress_message), \
          last_heartbeat = COALESCE(u.heartbeat, jobs.last_heartbeat), \
