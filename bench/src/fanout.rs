@@ -6,14 +6,14 @@
 //! server's CPU time over the run.
 
 use crate::report::{Metric, ScenarioResult, Target};
-use crate::restart::{count, enqueue, running_jobs, wait_for, Serve};
+use crate::restart::{count, enqueue, running_jobs, serve_config, wait_for, Serve};
 use crate::scale::cpu_ticks;
 use crate::Scale;
 use anyhow::{bail, Context, Result};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -48,6 +48,7 @@ struct Round {
     elapsed_ms: f64,
 }
 
+/// Runs S5 for `rounds_count` rounds and returns its figures.
 pub async fn s5_fanout(burro: &Path, worker: &Path, scale: Scale, rounds_count: usize) -> Result<ScenarioResult> {
     // Full scale: 10 jobs at 500 progress messages a second each, 5,000
     // events a second in all, for 10 s.
@@ -61,6 +62,7 @@ pub async fn s5_fanout(burro: &Path, worker: &Path, scale: Scale, rounds_count: 
     missing.absolute = true;
     let mut cpu = Metric::new("server CPU while streaming", "% of a core", Target::AtMost(100.0));
     cpu.absolute = true;
+
     let (mut median_client, mut reconnects, mut resyncs, mut elapsed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds_count {
         let figures = run_round(burro, worker, clients, jobs, per_job, per_second).await?;
@@ -73,6 +75,7 @@ pub async fn s5_fanout(burro: &Path, worker: &Path, scale: Scale, rounds_count: 
         elapsed.push(figures.elapsed_ms);
         eprintln!("  round {} of {rounds_count} done", round + 1);
     }
+
     Ok(ScenarioResult {
         id: "S5",
         title: "SSE fan-out",
@@ -97,7 +100,7 @@ async fn run_round(burro: &Path, worker: &Path, clients: usize, jobs: u64, per_j
     let dir = tempfile::tempdir().context("creating the data directory")?;
     // Linux limits socket paths to 107 bytes, so the directory name is short.
     let sockets = tempfile::Builder::new().prefix("b5").tempdir_in("/tmp").context("creating the socket directory")?;
-    let config = write_config(dir.path(), sockets.path(), worker, jobs)?;
+    let config = serve_config(dir.path(), sockets.path(), worker, jobs, "30s")?;
     let server = Serve::start(burro, &config)?;
     let pid = server.child.id();
     let client = reqwest::Client::new();
@@ -254,32 +257,7 @@ impl Frame {
 
     fn job_id(&self) -> Option<String> {
         let data: Value = serde_json::from_slice(&self.data).ok()?;
-        data["jobId"].as_str().or_else(|| data["id"].as_str()).map(String::from)
+        data["jobId"].as_str().map(String::from)
     }
 }
 
-fn write_config(dir: &Path, sockets: &Path, worker: &Path, jobs: u64) -> Result<PathBuf> {
-    let text = format!(
-        r#"[server]
-bind = "127.0.0.1:0"
-data_dir = "{data}"
-drain_timeout = "1s"
-
-[jobs]
-concurrency = {jobs}
-max_attempts = 1
-
-[external]
-socket_dir = "{sockets}/s"
-
-[external_jobs.tiny]
-command = "{worker}"
-"#,
-        data = dir.join("state").display(),
-        sockets = sockets.display(),
-        worker = worker.display(),
-    );
-    let path = dir.join("burro.toml");
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
-}

@@ -173,7 +173,9 @@ async fn run_round(burro: &Path, worker: &Path, jobs: u64, logs: u64, interval_m
         .prefix("b7")
         .tempdir_in("/tmp")
         .context("creating the socket directory")?;
-    let config = write_config(dir.path(), sockets.path(), worker, jobs)?;
+    // The heartbeat timeout sets the reconnect window (twice the timeout),
+    // so no job is given up while 1,000 shims reconnect.
+    let config = serve_config(dir.path(), sockets.path(), worker, jobs, "30s")?;
     let client = reqwest::Client::new();
 
     let mut first = Serve::start(burro, &config)?;
@@ -231,35 +233,6 @@ async fn run_round(burro: &Path, worker: &Path, jobs: u64, logs: u64, interval_m
     })
 }
 
-fn write_config(dir: &Path, sockets: &Path, worker: &Path, jobs: u64) -> Result<PathBuf> {
-    // The heartbeat timeout sets the reconnect window (twice the timeout),
-    // so no job is given up while 1,000 shims reconnect.
-    let text = format!(
-        r#"[server]
-bind = "127.0.0.1:0"
-data_dir = "{data}"
-drain_timeout = "1s"
-
-[jobs]
-concurrency = {concurrency}
-max_attempts = 1
-
-[external]
-socket_dir = "{sockets}/s"
-
-[external_jobs.tiny]
-command = "{worker}"
-heartbeat_timeout = "30s"
-"#,
-        data = dir.join("state").display(),
-        concurrency = jobs,
-        sockets = sockets.display(),
-        worker = worker.display(),
-    );
-    let path = dir.join("burro.toml");
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
-}
 
 pub(crate) async fn enqueue(client: &reqwest::Client, url: &str, data: Value) -> Result<String> {
     let response = client
@@ -367,6 +340,36 @@ pub(crate) fn median_shim_private_kib(jobs: &[Value]) -> Result<f64> {
     }
     sizes.sort_by(f64::total_cmp);
     Ok(sizes[sizes.len() / 2])
+}
+
+/// Writes the configuration of a `burro serve` that runs the `tiny` job
+/// (`worker`) at `concurrency`, with the data directory under `dir` and the
+/// job sockets under `sockets`, and returns its path.
+pub(crate) fn serve_config(dir: &Path, sockets: &Path, worker: &Path, concurrency: u64, heartbeat_timeout: &str) -> Result<PathBuf> {
+    let text = format!(
+        r#"[server]
+bind = "127.0.0.1:0"
+data_dir = "{data}"
+drain_timeout = "1s"
+
+[jobs]
+concurrency = {concurrency}
+max_attempts = 1
+
+[external]
+socket_dir = "{sockets}/s"
+
+[external_jobs.tiny]
+command = "{worker}"
+heartbeat_timeout = "{heartbeat_timeout}"
+"#,
+        data = dir.join("state").display(),
+        sockets = sockets.display(),
+        worker = worker.display(),
+    );
+    let path = dir.join("burro.toml");
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// Polls `check` every `POLL` until it returns true, for at most `WAIT`.

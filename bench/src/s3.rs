@@ -24,7 +24,7 @@ const INFLIGHT: usize = 32;
 /// Upper bound of one side's run.
 const RUN_LIMIT: Duration = Duration::from_secs(900);
 
-/// Where the Node.js peers and their scripts live.
+/// Returns the directory of the Node.js peers and their scripts.
 fn peers_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers")
 }

@@ -7,12 +7,12 @@
 //! every job heartbeats well within its timeout.
 
 use crate::report::{Metric, ScenarioResult, Target};
-use crate::restart::{count, enqueue, median_shim_private_kib, rss_kib, running_jobs, Serve};
+use crate::restart::{count, enqueue, median_shim_private_kib, rss_kib, running_jobs, serve_config, Serve};
 use crate::Scale;
 use anyhow::{bail, Context, Result};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Heartbeat interval of the jobs.
@@ -81,7 +81,10 @@ async fn run_round(burro: &Path, worker: &Path, jobs: u64, idle_window: Duration
     let dir = tempfile::tempdir().context("creating the data directory")?;
     // Linux limits socket paths to 107 bytes, so the directory name is short.
     let sockets = tempfile::Builder::new().prefix("b6").tempdir_in("/tmp").context("creating the socket directory")?;
-    let config = write_config(dir.path(), sockets.path(), worker, jobs)?;
+    // A heartbeat timeout of three intervals: a job is stale only after it
+    // missed two heartbeats in a row.
+    let timeout = format!("{}ms", HEARTBEAT_MS * 3);
+    let config = serve_config(dir.path(), sockets.path(), worker, jobs, &timeout)?;
     let stop_file = dir.path().join("stop");
     let client = reqwest::Client::new();
 
@@ -145,35 +148,6 @@ async fn run_round(burro: &Path, worker: &Path, jobs: u64, idle_window: Duration
     })
 }
 
-fn write_config(dir: &Path, sockets: &Path, worker: &Path, jobs: u64) -> Result<PathBuf> {
-    // A heartbeat timeout of three intervals: a job is stale only after it
-    // missed two heartbeats in a row.
-    let text = format!(
-        r#"[server]
-bind = "127.0.0.1:0"
-data_dir = "{data}"
-drain_timeout = "1s"
-
-[jobs]
-concurrency = {jobs}
-max_attempts = 1
-
-[external]
-socket_dir = "{sockets}/s"
-
-[external_jobs.tiny]
-command = "{worker}"
-heartbeat_timeout = "{timeout}ms"
-"#,
-        data = dir.join("state").display(),
-        sockets = sockets.display(),
-        worker = worker.display(),
-        timeout = HEARTBEAT_MS * 3,
-    );
-    let path = dir.join("burro.toml");
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
-}
 
 /// Returns the user plus system CPU time of process `pid`, in clock ticks.
 pub(crate) fn cpu_ticks(pid: u32) -> Result<u64> {

@@ -70,13 +70,7 @@ fn run() -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?;
     }
-    writeln!(
-        out,
-        r#"{{"type":"completed","jobId":"{job_id}","result":null}}"#
-    )
-    .map_err(|e| e.to_string())?;
-    out.flush().map_err(|e| e.to_string())?;
-    Ok(())
+    complete(out, job_id)
 }
 
 /// Sends `count` progress messages at `per_second` a second, flushing every
@@ -95,9 +89,7 @@ fn send_paced_progress(mut out: BufWriter<UnixStream>, job_id: &str, count: u64,
         out.flush().map_err(|e| e.to_string())?;
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    writeln!(out, r#"{{"type":"completed","jobId":"{job_id}","result":null}}"#).map_err(|e| e.to_string())?;
-    out.flush().map_err(|e| e.to_string())?;
-    Ok(())
+    complete(out, job_id)
 }
 
 /// Sends a `heartbeat` every `interval` until `stop_file` exists, then
@@ -114,9 +106,7 @@ fn heartbeat_until(
         writeln!(out, r#"{{"type":"heartbeat","jobId":"{job_id}"}}"#).map_err(|e| e.to_string())?;
         out.flush().map_err(|e| e.to_string())?;
     }
-    writeln!(out, r#"{{"type":"completed","jobId":"{job_id}","result":null}}"#).map_err(|e| e.to_string())?;
-    out.flush().map_err(|e| e.to_string())?;
-    Ok(())
+    complete(out, job_id)
 }
 
 /// Sends `count` numbered `log` messages, each flushed at once, `interval`
@@ -137,11 +127,11 @@ fn send_numbered_logs(
         .map_err(|e| e.to_string())?;
         out.flush().map_err(|e| e.to_string())?;
     }
-    writeln!(
-        out,
-        r#"{{"type":"completed","jobId":"{job_id}","result":null}}"#
-    )
-    .map_err(|e| e.to_string())?;
-    out.flush().map_err(|e| e.to_string())?;
-    Ok(())
+    complete(out, job_id)
+}
+
+/// Sends `completed` and flushes everything still buffered.
+fn complete(mut out: BufWriter<UnixStream>, job_id: &str) -> Result<(), String> {
+    writeln!(out, r#"{{"type":"completed","jobId":"{job_id}","result":null}}"#).map_err(|e| e.to_string())?;
+    out.flush().map_err(|e| e.to_string())
 }

@@ -362,8 +362,8 @@ async fn a_killed_node_s_jobs_are_rescued_by_the_others() {
         "{lost:?}"
     );
 
-    // The doomed node comes back on its data directory: the first runs,
-    // still going under their shims, belong to nobody now and are stopped.
+    // The doomed node comes back on its data directory. The first runs, still
+    // going under their shims, are no longer owned by this node, so it stops them.
     let back = doomed.serve();
     wait_until("the first runs are stopped", async || {
         first_runs.iter().all(|pid| !process_alive(*pid))

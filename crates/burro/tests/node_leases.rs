@@ -180,7 +180,7 @@ async fn after_an_outage_every_node_renews_before_any_rescue() {
     // Both leases run out while the nodes cannot reach the database.
     tokio::time::sleep(SHORT + RESCUE_AFTER + Duration::from_millis(200)).await;
     // a is back first. Its renewal follows a failure, so it counts as healthy
-    // only from now and rescues nobody yet, though b's lease looks dead.
+    // only from now and rescues no job yet, though b's lease looks dead.
     assert_eq!(
         store
             .node_lease_renew("a", generation_a, LONG, true)

@@ -23,7 +23,7 @@ use std::time::Duration;
 /// Delay between attempts while the lease cannot be renewed.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
-/// Takes this node's lease. Retries until the store answers or the
+/// Takes this node's lease. Retries until a store call succeeds or the
 /// service stops, so that no job is claimed without a lease.
 pub(crate) async fn acquire(shared: &Arc<Shared>) -> bool {
     let mut failing = false;

@@ -133,9 +133,9 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Extends the lease of `node_id` by `ttl` from the database's now, if
-    /// it still has `generation`. `after_failure` says that the previous
+    /// it still has `generation`. `after_failure` is true when the previous
     /// renewal failed: the node then counts as healthy only from now on,
-    /// so it rescues nobody until it has stayed healthy for `rescue_after`.
+    /// so it rescues no job until it has stayed healthy for `rescue_after`.
     ///
     /// # Errors
     ///

@@ -312,7 +312,7 @@ pub(crate) fn spec_file(settings: &SupervisorSettings, job_id: &str, attempt: u3
 }
 
 /// Writes the shim's spec to `path` atomically, readable by the server's
-/// user only: it holds the job's environment and the shim's token.
+/// user only: it contains the job's environment and the shim's token.
 fn write_spec_file(path: &std::path::Path, spec: &burro_protocol::control::ShimSpec) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -338,7 +338,7 @@ const NOFILE_VARIABLE: &str = "BURRO_SHIM_NOFILE";
 static INHERITED_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
 
 /// Raises the soft limit on open files to the hard limit. Every running
-/// external job holds a control connection, so the common soft limit of
+/// external job keeps a control connection open, so the common soft limit of
 /// 1024 would cap the number of running jobs.
 fn raise_open_files_limit() {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
