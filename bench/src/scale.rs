@@ -162,6 +162,17 @@ pub(crate) fn cpu_ticks(pid: u32) -> Result<u64> {
     }
 }
 
+/// Returns the CPU time of process `pid` and of the children it has
+/// reaped (utime, stime, cutime and cstime), in clock ticks.
+pub(crate) fn cpu_ticks_with_children(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    (11..=14)
+        .map(|index| fields.get(index).and_then(|text| text.parse::<u64>().ok()))
+        .sum::<Option<u64>>()
+        .with_context(|| format!("/proc/{pid}/stat has no utime, stime, cutime and cstime"))
+}
+
 /// Returns the soft limit on open files of process `pid`, from
 /// `/proc/PID/limits`.
 fn open_files_soft_limit(pid: u32) -> Option<u64> {

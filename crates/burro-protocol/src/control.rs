@@ -397,3 +397,24 @@ mod tests {
         assert!(ShimFrame::decode(b"EXIT 1 {").unwrap_err().contains("invalid EXIT frame"));
     }
 }
+
+/// One request to `burro-shim --launcher`: start a shim for the spec in
+/// `spec_file`, with its diagnostics appended to `log_file`. Sent as one
+/// JSON packet on the launcher's sequenced-packet socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchRequest {
+    pub spec_file: String,
+    pub log_file: String,
+}
+
+/// The launcher's answer to one [`LaunchRequest`]. With `pid` set, the
+/// packet carries a pidfd of the new shim as `SCM_RIGHTS` ancillary data.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchReply {
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub error: Option<String>,
+}

@@ -1,14 +1,16 @@
 //! `burro-shim`: the per-job supervisor.
 //!
-//! burro starts one shim per running external job and writes a
-//! [`ShimSpec`] line to its standard input. The shim runs in its own
-//! session, owns the job's socket and output pipes, starts the job in its own
-//! process group, forwards everything the job sends to the server's control
-//! socket, reaps the job and reports its exit. Because the shim, not the
-//! server, is the job's parent, the job keeps running and reachable while the
-//! server restarts.
+//! burro runs one shim per running external job, forked by the launcher
+//! (`burro-shim --launcher`, see `launcher`) or started directly with
+//! `--spec-file PATH`, and gives it a [`ShimSpec`] in that file (or on
+//! standard input). The shim owns the job's socket and output pipes, starts
+//! the job in its own process group, forwards everything the job sends to
+//! the server's control socket, reaps the job and reports its exit. Because
+//! the shim, not the server, is the job's parent, the job keeps running and
+//! reachable while the server restarts.
 
 mod connections;
+mod launcher;
 mod process;
 mod session;
 mod spool;
@@ -23,26 +25,49 @@ const MAX_SPEC_BYTES: u64 = 256 * 1024 * 1024;
 
 fn main() -> ExitCode {
     restore_open_files_limit();
-    let spec = match read_spec() {
+    let arguments: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let source = match arguments.as_slice() {
+        [flag] if flag == "--launcher" => return launcher::run(),
+        [flag, path] if flag == "--spec-file" => SpecSource::File(std::path::PathBuf::from(path)),
+        [] => SpecSource::Stdin,
+        _ => {
+            eprintln!("burro-shim: usage: burro-shim [--spec-file PATH | --launcher] (the burro server starts this program)");
+            return ExitCode::from(2);
+        }
+    };
+    ExitCode::from(run_shim(source))
+}
+
+/// Source of a shim's spec.
+pub(crate) enum SpecSource {
+    File(std::path::PathBuf),
+    Stdin,
+}
+
+/// Runs one shim to the end and returns its exit status: 0 once the job's
+/// exit was reported, 1 when supervision failed, 2 when the spec was
+/// unusable or the runtime did not start.
+pub(crate) fn run_shim(source: SpecSource) -> u8 {
+    let spec = match read_spec(source) {
         Ok(spec) => spec,
         Err(err) => {
             eprintln!("burro-shim: {err}");
-            return ExitCode::from(2);
+            return 2;
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("burro-shim: job {}: starting the runtime failed: {err}", spec.job_id);
-            return ExitCode::from(2);
+            return 2;
         }
     };
     let job_id = spec.job_id.clone();
     match runtime.block_on(supervise::run(spec)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(err) => {
             eprintln!("burro-shim: job {job_id}: {err}");
-            ExitCode::FAILURE
+            1
         }
     }
 }
@@ -68,12 +93,10 @@ fn restore_open_files_limit() {
 /// input. The file is claimed by renaming it before it is read, so a
 /// restarted server that takes the file back first (because it found no
 /// shim had it) makes this shim exit without starting the job.
-fn read_spec() -> Result<ShimSpec, String> {
+fn read_spec(source: SpecSource) -> Result<ShimSpec, String> {
     let mut input = Vec::new();
-    let arguments: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    let source = match arguments.as_slice() {
-        [flag, path] if flag == "--spec-file" => {
-            let path = std::path::PathBuf::from(path);
+    let source = match source {
+        SpecSource::File(path) => {
             let claimed = path.with_extension("spec.claimed");
             std::fs::rename(&path, &claimed)
                 .map_err(|err| format!("claiming the job spec file {} failed (a restarted server may have taken it back): {err}", path.display()))?;
@@ -82,14 +105,13 @@ fn read_spec() -> Result<ShimSpec, String> {
             read.map_err(|err| format!("reading the job spec file {} failed: {err}", claimed.display()))?;
             "the spec file"
         }
-        [] => {
+        SpecSource::Stdin => {
             std::io::stdin()
                 .take(MAX_SPEC_BYTES)
                 .read_to_end(&mut input)
                 .map_err(|err| format!("reading the job spec from standard input failed: {err}"))?;
             "standard input"
         }
-        _ => return Err("usage: burro-shim [--spec-file PATH] (the burro server starts this program)".into()),
     };
     let spec: ShimSpec = serde_json::from_slice(&input).map_err(|err| format!("invalid job spec on {source}: {err}"))?;
     if spec.version != CONTROL_VERSION {

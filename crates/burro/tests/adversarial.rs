@@ -84,7 +84,11 @@ fn parent_pid(pid: i64) -> Option<i64> {
 /// Pids of the processes whose parent is this test process, with their
 /// state letters.
 fn children() -> Vec<(i64, char)> {
-    let me = i64::from(std::process::id());
+    children_of(i64::from(std::process::id()))
+}
+
+/// Returns the pid and state letter of every child of `parent`.
+fn children_of(me: i64) -> Vec<(i64, char)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<i64>().ok()) else {
@@ -581,7 +585,7 @@ async fn short_jobs_leak_nothing() {
     // Warm up: the first job opens whatever the server keeps open for good.
     let first = server.core().jobs.enqueue("true", json!({}), once()).await.unwrap();
     assert_eq!(server.wait_finished(&first).await.status, JobStatus::Completed);
-    wait_for_no_children().await;
+    wait_for_no_children(&server).await;
     let fds_before = open_fds();
 
     let started = Instant::now();
@@ -603,18 +607,27 @@ async fn short_jobs_leak_nothing() {
     let failed = server.core().jobs.list(failed).await.unwrap();
     assert_eq!(failed.total, 0, "failed jobs: {:?}", failed.jobs.iter().map(|job| &job.error).collect::<Vec<_>>());
 
-    wait_for_no_children().await;
+    wait_for_no_children(&server).await;
     let fds_after = open_fds();
     eprintln!("open descriptors: {fds_before} before, {fds_after} after");
     assert!(fds_after <= fds_before + 5, "open descriptors grew from {fds_before} to {fds_after}");
 }
 
-/// Waits until every shim this process started has exited and been reaped:
-/// no child is left, zombies included.
-async fn wait_for_no_children() {
+/// Waits until every shim has exited and been reaped, zombies included:
+/// no child of this process is left but the shim launcher, and the
+/// launcher, which forks the shims, has no child left either.
+async fn wait_for_no_children(server: &TestServer) {
+    let left = || {
+        let launcher = server.core().jobs.shim_launcher_pid().map(i64::from);
+        let mut left: Vec<(i64, char)> = children().into_iter().filter(|(pid, _)| Some(*pid) != launcher).collect();
+        if let Some(launcher) = launcher {
+            left.extend(children_of(launcher));
+        }
+        left
+    };
     let result = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            if children().is_empty() {
+            if left().is_empty() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -622,7 +635,7 @@ async fn wait_for_no_children() {
     })
     .await;
     if result.is_err() {
-        let left = children();
+        let left = left();
         let zombies: Vec<_> = left.iter().filter(|(_, state)| *state == 'Z').collect();
         panic!("children left after 30 s: {left:?}; zombies: {zombies:?}");
     }

@@ -62,6 +62,9 @@ pub struct ServerConfig {
     pub database_pool_size: u32,
     /// Path of the `burro-shim` binary; default: beside the running executable.
     pub shim_path: Option<PathBuf>,
+    /// Fork each job's shim from one warm `burro-shim --launcher` process
+    /// instead of starting it with `exec`. Default true.
+    pub shim_launcher: bool,
     /// Largest accepted request body, in bytes. Default 10 MiB.
     pub body_limit: usize,
     /// Token that API requests must present (`Authorization: Bearer`).
@@ -100,6 +103,7 @@ impl Default for ServerConfig {
             database_url: None,
             database_pool_size: crate::store::DEFAULT_POOL_SIZE,
             shim_path: None,
+            shim_launcher: true,
             body_limit: DEFAULT_BODY_LIMIT,
             api_token: None,
             cors_origins: Vec::new(),

@@ -717,6 +717,13 @@ impl Jobs {
         &self.shared.settings.node_id
     }
 
+    /// Returns the pid of the process that forks this node's shims, once
+    /// one runs. Shims it started are its children, so their CPU time is
+    /// counted in its children times.
+    pub fn shim_launcher_pid(&self) -> Option<u32> {
+        self.shared.supervisor.launcher_pid()
+    }
+
     /// Returns the number of external jobs under supervision.
     pub fn supervised_count(&self) -> usize {
         self.shared.supervisor.running_count()

@@ -7,6 +7,7 @@ mod monitor;
 mod recover;
 mod run;
 mod socket_dir;
+mod launcher;
 mod spec;
 
 pub use socket_dir::{check_socket_path_length, job_socket_path, prepare_socket_dir};
@@ -41,6 +42,9 @@ pub struct SupervisorSettings {
     pub max_log_line: usize,
     pub shim_linger: Duration,
     pub shim_path: PathBuf,
+    /// Fork shims from a warm `burro-shim --launcher` instead of starting
+    /// each with `exec`.
+    pub shim_launcher: bool,
     /// Directory of the shims' own diagnostic logs.
     pub shim_log_dir: PathBuf,
     /// Directory where shims leave exit records for an absent server.
@@ -66,6 +70,7 @@ impl SupervisorSettings {
             max_log_line: external.max_log_line,
             shim_linger: external.shim_linger,
             shim_path: config.server.shim_path.clone().unwrap_or_else(default_shim_path),
+            shim_launcher: config.server.shim_launcher,
             shim_log_dir: config.server.data_dir.join("shims"),
             exit_dir: config.server.data_dir.join("exits"),
             reconnect_window: external.reconnect_window,
@@ -102,6 +107,8 @@ pub(crate) struct Inner {
     pub logs: JobLogs,
     pub store: Arc<dyn Store>,
     pub runs: Mutex<HashMap<String, Arc<Run>>>,
+    /// Forks shims; `None` when `shim_launcher` is off.
+    launcher: Option<launcher::Launcher>,
     /// The bound control socket until [`Supervisor::start_accepting`].
     listener: Mutex<Option<tokio::net::UnixListener>>,
 }
@@ -129,7 +136,15 @@ impl Supervisor {
             std::fs::create_dir_all(dir).map_err(|e| format!("creating the directory {} failed: {e}", dir.display()))?;
         }
         let listener = control::bind(&settings.control_socket()).await?;
+        let launcher = settings.shim_launcher.then(|| {
+            launcher::Launcher::new(
+                settings.shim_path.clone(),
+                settings.shim_log_dir.join("launcher.log"),
+                INHERITED_NOFILE.get().map(|limit| limit.rlim_cur.to_string()),
+            )
+        });
         let inner = Arc::new(Inner {
+            launcher,
             settings,
             events,
             live,
@@ -222,6 +237,38 @@ impl Supervisor {
     async fn spawn_shim(&self, spec: &burro_protocol::control::ShimSpec, spec_path: &std::path::Path, run: Arc<Run>) -> Result<(), String> {
         let settings = &self.inner.settings;
         let shim_log_path = settings.shim_log_dir.join(format!("{}.log", spec.job_id));
+        let mut spec_path = std::borrow::Cow::Borrowed(spec_path);
+        if let Some(launcher) = &self.inner.launcher {
+            match launcher.launch(&spec_path, &shim_log_path).await {
+                Ok(launched) => {
+                    tracing::trace!(job_id = %spec.job_id, shim_pid = launched.pid, "shim forked by the launcher");
+                    let inner = self.inner.clone();
+                    tokio::spawn(async move {
+                        // A pidfd turns readable when its process exits.
+                        let _ = launched.exit.readable().await;
+                        tracing::debug!(job_id = %run.job_id, shim_pid = launched.pid, "shim exited");
+                        run.shim_exited(&inner);
+                    });
+                    return Ok(());
+                }
+                Err(failure) if failure.request_sent => {
+                    // A forked shim may hold the spec already. Whoever renames
+                    // the spec file first owns it: if this rename fails, a
+                    // shim has it and reports over the control socket, but its
+                    // exit cannot be watched; otherwise it is started here.
+                    tracing::warn!(job_id = %spec.job_id, error = %failure.message, "the shim launcher failed; starting the shim directly");
+                    let taken = spec_path.with_extension("direct.spec");
+                    if std::fs::rename(&spec_path, &taken).is_err() {
+                        tracing::warn!(job_id = %spec.job_id, "a shim forked by the failed launcher took the spec; its exit is seen only through its connection");
+                        return Ok(());
+                    }
+                    spec_path = std::borrow::Cow::Owned(taken);
+                }
+                Err(failure) => {
+                    tracing::warn!(job_id = %spec.job_id, error = %failure.message, "the shim launcher failed; starting the shim directly");
+                }
+            }
+        }
         let shim_log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -230,7 +277,7 @@ impl Supervisor {
         let mut command = tokio::process::Command::new(&settings.shim_path);
         command
             .arg("--spec-file")
-            .arg(spec_path)
+            .arg(spec_path.as_ref())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(shim_log))
@@ -300,6 +347,13 @@ impl Supervisor {
         }
     }
 
+    /// Returns the pid of the shim launcher, once one runs. Shims it forks
+    /// are its children, so their CPU time is counted in the launcher's
+    /// children times, not in this process's.
+    pub fn launcher_pid(&self) -> Option<u32> {
+        self.inner.launcher.as_ref().and_then(|launcher| launcher.pid())
+    }
+
     /// Returns the number of external jobs being supervised.
     pub fn running_count(&self) -> usize {
         self.inner.runs.lock().expect("runs lock").len()
@@ -318,9 +372,12 @@ fn write_spec_file(path: &std::path::Path, spec: &burro_protocol::control::ShimS
     use std::os::unix::fs::OpenOptionsExt;
     let temporary = path.with_extension("spec.tmp");
     let write = || -> std::io::Result<()> {
+        // One buffer and one write: serde_json writes each token with its
+        // own call, which on a bare file is one system call per token.
+        let mut line = serde_json::to_vec(spec)?;
+        line.push(b'\n');
         let mut file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&temporary)?;
-        serde_json::to_writer(&mut file, spec)?;
-        file.write_all(b"\n")?;
+        file.write_all(&line)?;
         std::fs::rename(&temporary, path)
     };
     write().map_err(|e| {
@@ -331,7 +388,7 @@ fn write_spec_file(path: &std::path::Path, spec: &burro_protocol::control::ShimS
 
 /// Environment variable that passes the server's original open-files soft
 /// limit to `burro-shim`.
-const NOFILE_VARIABLE: &str = "BURRO_SHIM_NOFILE";
+pub(crate) const NOFILE_VARIABLE: &str = "BURRO_SHIM_NOFILE";
 
 /// The `RLIMIT_NOFILE` values the server process started with, recorded by
 /// [`raise_open_files_limit`].

@@ -1,0 +1,137 @@
+//! The shim launcher: shims forked by `burro-shim --launcher`, the server
+//! watching them through pidfds, and the fallbacks when the launcher dies
+//! or is switched off.
+
+mod common;
+
+use burro::jobs::EnqueueOptions;
+use burro::store::JobStatus;
+use common::*;
+use serde_json::json;
+use std::path::Path;
+use std::time::Duration;
+
+fn once() -> EnqueueOptions {
+    EnqueueOptions {
+        max_attempts: Some(1),
+        ..Default::default()
+    }
+}
+
+/// Returns the parent pid of `pid`, from `/proc/PID/stat`.
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_else(|err| panic!("reading /proc/{pid}/stat failed: {err}"));
+    let after = stat.rsplit_once(')').expect("stat has a command name").1;
+    after.split_whitespace().nth(1).expect("stat has a parent pid").parse().expect("the parent pid is a number")
+}
+
+fn kill(pid: u32, signal: i32) {
+    // SAFETY: kill only sends a signal to the process the test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill({pid}, {signal}) failed");
+}
+
+/// Enqueues a job that runs until `release` exists and returns its id and
+/// the pid of its shim, once the job's process runs.
+async fn running_job(server: &TestServer, release: &Path) -> (String, u32) {
+    let id = server
+        .core()
+        .jobs
+        .enqueue("wait", json!({"releaseFile": release}), once())
+        .await
+        .unwrap();
+    let job = server.wait_for(&id, "the job's pid", |job| job.pid.is_some()).await;
+    let pid = job.pid.expect("a pid") as u32;
+    (id, parent_of(pid))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shims_are_children_of_the_launcher_and_outlive_it() {
+    let server = start(vec![("wait", external("python3", "wait_release.py"))]).await;
+    let release = server.dir.path().join("release");
+
+    let (first, first_shim) = running_job(&server, &release).await;
+    let launcher = server.core().jobs.shim_launcher_pid().expect("a launcher runs after the first job started");
+    assert_eq!(parent_of(first_shim), launcher, "the first job's shim is a child of the launcher");
+
+    kill(launcher, libc::SIGKILL);
+    within(Duration::from_secs(10), async {
+        while process_exists(launcher as i32) && process_state(launcher as i32) != Some('Z') {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    // The next job starts a new launcher.
+    let (second, second_shim) = running_job(&server, &release).await;
+    let relaunched = server.core().jobs.shim_launcher_pid().expect("a new launcher");
+    assert_ne!(relaunched, launcher, "a new launcher replaced the killed one");
+    assert_eq!(parent_of(second_shim), relaunched, "the second job's shim is a child of the new launcher");
+
+    // The first job's shim lost its parent but still runs its job to the end.
+    std::fs::write(&release, b"").unwrap();
+    for id in [first, second] {
+        let job = server.wait_finished(&id).await;
+        assert_eq!(job.status, JobStatus::Completed, "job {id}: {:?}", job.error);
+        assert_eq!(job.result, Some(json!({"released": true})));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_shim_is_seen_through_its_pidfd() {
+    let server = start(vec![("wait", external("python3", "wait_release.py"))]).await;
+    let release = server.dir.path().join("release");
+    let (id, shim) = running_job(&server, &release).await;
+    assert_eq!(Some(parent_of(shim)), server.core().jobs.shim_launcher_pid());
+
+    kill(shim, libc::SIGKILL);
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    let error = job.error.unwrap_or_default();
+    assert!(error.starts_with("job lost: its shim exited"), "{error}");
+    assert_eq!(server.core().jobs.supervised_count(), 0, "the run was released");
+    // The job's process lost its shim and still waits; let it end.
+    std::fs::write(&release, b"").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_launcher_the_server_starts_shims_itself() {
+    let server = start_with(
+        |config| {
+            config.server.shim_launcher = false;
+            config.external_jobs.insert("wait".into(), external("python3", "wait_release.py"));
+        },
+        |_| {},
+    )
+    .await;
+    let release = server.dir.path().join("release");
+    let (id, shim) = running_job(&server, &release).await;
+    assert_eq!(parent_of(shim), std::process::id(), "the shim is a child of the server");
+    assert_eq!(server.core().jobs.shim_launcher_pid(), None);
+
+    std::fs::write(&release, b"").unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shim_path_that_does_not_exist_fails_the_job() {
+    let server = start_with(
+        |config| {
+            config.server.shim_path = Some("/nonexistent/burro-shim".into());
+            config.external_jobs.insert("wait".into(), external("python3", "wait_release.py"));
+        },
+        |_| {},
+    )
+    .await;
+    let release = server.dir.path().join("release");
+    let id = server
+        .core()
+        .jobs
+        .enqueue("wait", json!({"releaseFile": release}), once())
+        .await
+        .unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    let error = job.error.unwrap_or_default();
+    assert!(error.contains("/nonexistent/burro-shim"), "the error names the shim path: {error}");
+}
