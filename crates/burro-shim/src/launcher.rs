@@ -146,8 +146,7 @@ fn launch(socket: BorrowedFd<'_>, packet: &[u8], mask: &SigSet, children: &Signa
 }
 
 /// Turns the forked child into a shim: it drops the launcher's descriptors
-/// and signal mask, takes a process group of its own, sends its diagnostics
-/// to the job's shim log and runs the shim.
+/// and signal mask, takes a process group of its own and runs the shim.
 fn become_shim(request: &LaunchRequest, mask: &SigSet, children: &SignalFd) -> u8 {
     // SAFETY: these calls replace or close descriptors this child inherited
     // and no longer uses; the launcher's own copies are unaffected.
@@ -163,14 +162,9 @@ fn become_shim(request: &LaunchRequest, mask: &SigSet, children: &SignalFd) -> u
     }
     let _ = mask.thread_unblock();
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
-    match std::fs::OpenOptions::new().create(true).append(true).open(&request.log_file) {
-        // SAFETY: dup2 onto standard error of this child, which owns it.
-        Ok(log) => unsafe {
-            libc::dup2(log.as_raw_fd(), 2);
-        },
-        Err(err) => eprintln!("burro-shim: launcher: opening the shim log {} failed: {err}", request.log_file),
-    }
-    run_shim(SpecSource::File(request.spec_file.clone().into()))
+    // Standard error stays the launcher's log, for panics; diagnostics go
+    // to the job's shim log, created at the first line.
+    run_shim(SpecSource::File(request.spec_file.clone().into()), Some(request.log_file.clone().into()))
 }
 
 /// Sends one reply, with `pidfd` as ancillary data when given. A failed send

@@ -17,7 +17,10 @@ mod spool;
 mod supervise;
 
 use burro_protocol::control::{ShimSpec, CONTROL_VERSION};
-use std::io::Read;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::process::ExitCode;
 
 /// Largest spec accepted on standard input (the job data is part of it).
@@ -35,7 +38,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    ExitCode::from(run_shim(source))
+    ExitCode::from(run_shim(source, None))
 }
 
 /// Source of a shim's spec.
@@ -47,18 +50,21 @@ pub(crate) enum SpecSource {
 /// Runs one shim to the end and returns its exit status: 0 once the job's
 /// exit was reported, 1 when supervision failed, 2 when the spec was
 /// unusable or the runtime did not start.
-pub(crate) fn run_shim(source: SpecSource) -> u8 {
+pub(crate) fn run_shim(source: SpecSource, log: Option<PathBuf>) -> u8 {
+    if let Some(path) = log {
+        let _ = LOG_PATH.set(path);
+    }
     let spec = match read_spec(source) {
         Ok(spec) => spec,
         Err(err) => {
-            eprintln!("burro-shim: {err}");
+            diag!("{err}");
             return 2;
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("burro-shim: job {}: starting the runtime failed: {err}", spec.job_id);
+            shim_log!(spec.job_id, "starting the runtime failed: {err}");
             return 2;
         }
     };
@@ -66,7 +72,7 @@ pub(crate) fn run_shim(source: SpecSource) -> u8 {
     match runtime.block_on(supervise::run(spec)) {
         Ok(()) => 0,
         Err(err) => {
-            eprintln!("burro-shim: job {job_id}: {err}");
+            shim_log!(job_id, "{err}");
             1
         }
     }
@@ -124,11 +130,43 @@ fn read_spec(source: SpecSource) -> Result<ShimSpec, String> {
     Ok(spec)
 }
 
-/// Writes one diagnostic line to the shim's standard error, which the server
-/// points at a file under its data directory.
+/// Path of the diagnostic log of a shim forked by the launcher. The file is
+/// created at the first line, so a job whose shim has nothing to report
+/// leaves no file. A shim started directly writes to standard error, which
+/// the server points at the same file.
+static LOG_PATH: OnceLock<PathBuf> = OnceLock::new();
+static LOG_FILE: OnceLock<Option<File>> = OnceLock::new();
+
+/// Appends one line to the shim's diagnostic log, or to standard error
+/// when the log cannot be opened. One write per line, so lines of shims
+/// that share a file do not interleave.
+pub(crate) fn write_diagnostic(args: std::fmt::Arguments<'_>) {
+    let line = format!("burro-shim: {args}\n");
+    let file = LOG_PATH.get().and_then(|path| {
+        LOG_FILE
+            .get_or_init(|| OpenOptions::new().create(true).append(true).open(path).ok())
+            .as_ref()
+    });
+    let written = match file {
+        Some(mut file) => file.write_all(line.as_bytes()),
+        None => std::io::stderr().write_all(line.as_bytes()),
+    };
+    // Nowhere is left to report a failed diagnostic.
+    let _ = written;
+}
+
+/// Writes one diagnostic line, prefixed with `burro-shim: `.
+macro_rules! diag {
+    ($($arg:tt)*) => {
+        $crate::write_diagnostic(format_args!($($arg)*))
+    };
+}
+pub(crate) use diag;
+
+/// Writes one diagnostic line about job `$job`.
 macro_rules! shim_log {
     ($job:expr, $($arg:tt)*) => {
-        eprintln!("burro-shim: job {}: {}", $job, format_args!($($arg)*))
+        $crate::write_diagnostic(format_args!("job {}: {}", $job, format_args!($($arg)*)))
     };
 }
 pub(crate) use shim_log;

@@ -162,7 +162,7 @@ pub fn reap(child: &mut Child) {
 pub fn signal_group(pgid: Pid, signal: Signal) {
     match killpg(pgid, signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
-        Err(err) => eprintln!("burro-shim: signalling process group {pgid} with {signal} failed: {err}"),
+        Err(err) => crate::diag!("signalling process group {pgid} with {signal} failed: {err}"),
     }
 }
 

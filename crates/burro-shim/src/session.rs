@@ -66,7 +66,7 @@ impl SessionHandle {
         if let (true, Some(spool)) = (spooling || full, spool.as_mut()) {
             match spool.append(&bytes) {
                 Ok(()) => return,
-                Err(err) => eprintln!("burro-shim: writing to the spool file failed: {err}; keeping the frame in memory"),
+                Err(err) => crate::diag!("writing to the spool file failed: {err}; keeping the frame in memory"),
             }
         }
         drop(spool);
@@ -103,7 +103,7 @@ impl Shared {
                     self.new_frames.notify_one();
                 }
             }
-            Err(err) => eprintln!("burro-shim: reading the spool file failed: {err}"),
+            Err(err) => crate::diag!("reading the spool file failed: {err}"),
         }
     }
 
@@ -116,7 +116,7 @@ impl Shared {
         if let Some(spool) = self.spool.borrow_mut().as_mut() {
             match spool.peek_all() {
                 Ok(spooled) => contents.extend_from_slice(&spooled),
-                Err(err) => eprintln!("burro-shim: reading the spool file failed: {err}"),
+                Err(err) => crate::diag!("reading the spool file failed: {err}"),
             }
         }
         contents
@@ -329,10 +329,10 @@ async fn read_frame(
             match event {
                 LineEvent::Line(line) => match ServerFrame::decode(&line) {
                     Ok(frame) => return Some(frame),
-                    Err(err) => eprintln!("burro-shim: ignoring a control frame: {err}"),
+                    Err(err) => crate::diag!("ignoring a control frame: {err}"),
                 },
                 LineEvent::Overflow { len } => {
-                    eprintln!("burro-shim: ignoring a control frame of {len} bytes");
+                    crate::diag!("ignoring a control frame of {len} bytes");
                 }
             }
         }

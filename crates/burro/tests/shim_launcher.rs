@@ -73,6 +73,8 @@ async fn shims_are_children_of_the_launcher_and_outlive_it() {
         let job = server.wait_finished(&id).await;
         assert_eq!(job.status, JobStatus::Completed, "job {id}: {:?}", job.error);
         assert_eq!(job.result, Some(json!({"released": true})));
+        let shim_log = server.dir.path().join("shims").join(format!("{id}.log"));
+        assert!(!shim_log.exists(), "a shim with nothing to report leaves no log file");
     }
 }
 
