@@ -6,7 +6,7 @@
 //! server's CPU time over the run.
 
 use crate::report::{Metric, ScenarioResult, Target};
-use crate::restart::{count, enqueue, running_jobs, serve_config, wait_for, Serve};
+use crate::restart::{count, enqueue, newest_jobs, running_jobs, serve_config, wait_for, Serve};
 use crate::scale::cpu_ticks;
 use crate::Scale;
 use anyhow::{bail, Context, Result};
@@ -128,8 +128,11 @@ async fn run_round(burro: &Path, worker: &Path, clients: usize, jobs: u64, per_j
         .buffer_unordered(jobs as usize)
         .try_for_each(|_| async { Ok(()) })
         .await?;
+    // Pending, then running: a job moves from pending to running to ended,
+    // so none pending and then none running means all have ended. In the
+    // other order, a job claimed between the two requests would be missed.
     wait_for("every job to end", || async {
-        Ok(running_jobs(&client, &server.url).await?.is_empty() && count(&client, &server.url, "pending").await? == 0)
+        Ok(count(&client, &server.url, "pending").await? == 0 && running_jobs(&client, &server.url).await?.is_empty())
     })
     .await?;
     // The clients end by themselves once they have every terminal event;
@@ -146,9 +149,10 @@ async fn run_round(burro: &Path, worker: &Path, clients: usize, jobs: u64, per_j
     let ticks = cpu_ticks(pid)? - ticks_before;
     stopper.abort();
     let completed = count(&client, &server.url, "completed").await?;
+    let failure = if completed == jobs { String::new() } else { newest_jobs(&client, &server.url).await };
     server.stop();
     if completed != jobs {
-        bail!("{completed} of {jobs} jobs completed");
+        bail!("{completed} of {jobs} jobs completed; the newest jobs: {failure}");
     }
 
     // SAFETY: sysconf has no preconditions.

@@ -284,6 +284,24 @@ pub(crate) async fn count(client: &reqwest::Client, url: &str, status: &str) -> 
     page["total"].as_u64().context("the job list has no total")
 }
 
+/// Returns the status and error of the newest jobs, to explain a failed
+/// round.
+pub(crate) async fn newest_jobs(client: &reqwest::Client, url: &str) -> String {
+    let page: Result<Value, reqwest::Error> = async { client.get(format!("{url}/api/jobs?limit=5")).send().await?.json().await }.await;
+    match page {
+        Ok(page) => page["jobs"]
+            .as_array()
+            .map(|jobs| {
+                jobs.iter()
+                    .map(|job| format!("{} {} ({})", job["id"], job["status"], job["error"]))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default(),
+        Err(err) => format!("listing jobs failed: {err}"),
+    }
+}
+
 /// Returns how many of the numbers 1 to `expected` are missing from the
 /// job's log.
 async fn missing_numbers(client: &reqwest::Client, url: &str, id: &str, expected: u64) -> Result<u64> {

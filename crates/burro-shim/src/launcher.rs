@@ -9,7 +9,7 @@
 //! The server starts one launcher with a sequenced-packet socket as its
 //! standard input and sends one [`LaunchRequest`] per job. The launcher
 //! forks; the child sets up its own process group and log and runs exactly
-//! the code an exec'd shim runs. The launcher answers with the shim's pid and
+//! the code an exec'd shim runs. The launcher replies with the shim's pid and
 //! a pidfd for it, so the server can watch the shim's exit without being
 //! its parent, and reaps its children as they exit. When the server's end of
 //! the socket closes, the launcher exits; the shims it started keep running,
@@ -28,7 +28,7 @@ use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 
-/// Largest request accepted; a request holds two paths.
+/// Largest request accepted; a request contains two paths.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// The descriptor the server passes the launcher's socket on.
