@@ -50,6 +50,11 @@ struct Args {
     /// `burro_bench_s3_graphile` there. S3's Redis is 127.0.0.1:6379.
     #[arg(long, env = "BURRO_BENCH_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     postgres_url: String,
+    /// Start each shim of S1, S2 and S4 with exec instead of forking it from
+    /// the shim launcher (`[server] shim_launcher = false`), to measure what
+    /// the launcher saves.
+    #[arg(long)]
+    no_shim_launcher: bool,
 }
 
 #[tokio::main]
@@ -91,7 +96,7 @@ async fn main() -> Result<()> {
     let machine = report::Machine::probe();
     println!("{}", machine.describe());
 
-    let bench = std::sync::Arc::new(scenarios::Bench::start(&shim, &worker).await?);
+    let bench = std::sync::Arc::new(scenarios::Bench::start(&shim, &worker, !args.no_shim_launcher).await?);
     let mut results = Vec::new();
     for id in selected {
         eprintln!("running {id} ({} rounds)", args.rounds);

@@ -37,8 +37,9 @@ pub struct Bench {
 
 impl Bench {
     /// Starts a server on 127.0.0.1 with `tiny_worker` registered as the
-    /// external job `tiny`.
-    pub async fn start(shim: &Path, worker: &Path) -> Result<Bench> {
+    /// external job `tiny`. With `shim_launcher` false, the server starts
+    /// each shim with exec.
+    pub async fn start(shim: &Path, worker: &Path, shim_launcher: bool) -> Result<Bench> {
         let data_dir = tempfile::tempdir().context("creating the data directory")?;
         // Linux limits socket paths to 107 bytes, so the directory name is short.
         let socket_dir = tempfile::Builder::new()
@@ -50,6 +51,7 @@ impl Bench {
         config.server.bind = "127.0.0.1:0".parse()?;
         config.server.data_dir = data_dir.path().to_path_buf();
         config.server.shim_path = Some(shim.to_path_buf());
+        config.server.shim_launcher = shim_launcher;
         config.external.socket_dir = Some(socket_dir.path().join("s"));
         config.jobs.concurrency = CONCURRENCY;
         config.jobs.max_attempts = 1;
