@@ -50,9 +50,9 @@ struct Args {
     /// `burro_bench_s3_graphile` there. S3's Redis is 127.0.0.1:6379.
     #[arg(long, env = "BURRO_BENCH_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     postgres_url: String,
-    /// Start each shim of S1, S2 and S4 with exec instead of forking it from
-    /// the shim launcher (`[server] shim_launcher = false`), to measure what
-    /// the launcher saves.
+    /// Start each shim with exec instead of forking it from the shim
+    /// launcher (`[server] shim_launcher = false`), in every scenario's
+    /// server, to measure what the launcher saves.
     #[arg(long)]
     no_shim_launcher: bool,
 }
@@ -93,6 +93,7 @@ async fn main() -> Result<()> {
         );
     }
 
+    restart::SERVE_SHIM_LAUNCHER.store(!args.no_shim_launcher, std::sync::atomic::Ordering::Relaxed);
     let machine = report::Machine::probe();
     println!("{}", machine.describe());
 

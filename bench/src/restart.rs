@@ -363,12 +363,17 @@ pub(crate) fn median_shim_private_kib(jobs: &[Value]) -> Result<f64> {
 /// Writes the configuration of a `burro serve` that runs the `tiny` job
 /// (`worker`) at `concurrency`, with the data directory under `dir` and the
 /// job sockets under `sockets`, and returns its path.
+/// Whether the `burro serve` of S5, S6 and S7 forks shims from the shim
+/// launcher; `--no-shim-launcher` clears it.
+pub(crate) static SERVE_SHIM_LAUNCHER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 pub(crate) fn serve_config(dir: &Path, sockets: &Path, worker: &Path, concurrency: u64, heartbeat_timeout: &str) -> Result<PathBuf> {
     let text = format!(
         r#"[server]
 bind = "127.0.0.1:0"
 data_dir = "{data}"
 drain_timeout = "1s"
+shim_launcher = {launcher}
 
 [jobs]
 concurrency = {concurrency}
@@ -384,6 +389,7 @@ heartbeat_timeout = "{heartbeat_timeout}"
         data = dir.join("state").display(),
         sockets = sockets.display(),
         worker = worker.display(),
+        launcher = SERVE_SHIM_LAUNCHER.load(std::sync::atomic::Ordering::Relaxed),
     );
     let path = dir.join("burro.toml");
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
