@@ -45,7 +45,7 @@ async fn running_job(server: &TestServer, release: &Path) -> (String, u32) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shims_are_children_of_the_launcher_and_outlive_it() {
+async fn launcher_shims_outlive_killed_launcher() {
     let server = start(vec![("wait", external("python3", "wait_release.py"))]).await;
     let release = server.dir.path().join("release");
 
@@ -79,7 +79,7 @@ async fn shims_are_children_of_the_launcher_and_outlive_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_shim_is_seen_through_its_pidfd() {
+async fn killed_shim_fails_job_as_lost() {
     let server = start(vec![("wait", external("python3", "wait_release.py"))]).await;
     let release = server.dir.path().join("release");
     let (id, shim) = running_job(&server, &release).await;
@@ -96,7 +96,7 @@ async fn killed_shim_is_seen_through_its_pidfd() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_the_launcher_the_server_starts_shims_itself() {
+async fn launcher_off_server_spawns_shims() {
     let server = start_with(
         |config| {
             config.server.shim_launcher = false;
@@ -116,7 +116,7 @@ async fn without_the_launcher_the_server_starts_shims_itself() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shim_path_that_does_not_exist_fails_the_job() {
+async fn missing_shim_path_fails_job() {
     let server = start_with(
         |config| {
             config.server.shim_path = Some("/nonexistent/burro-shim".into());
@@ -136,4 +136,40 @@ async fn shim_path_that_does_not_exist_fails_the_job() {
     assert_eq!(job.status, JobStatus::Failed);
     let error = job.error.unwrap_or_default();
     assert!(error.contains("/nonexistent/burro-shim"), "the error names the shim path: {error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_launcher_falls_back_to_exec() {
+    let server = start(vec![("wait", external("python3", "wait_release.py"))]).await;
+    let release = server.dir.path().join("release");
+    std::fs::write(&release, b"").unwrap();
+    let (first, _) = running_job(&server, &release).await;
+    server.wait_finished(&first).await;
+    let launcher = server.core().jobs.shim_launcher_pid().expect("a launcher runs");
+
+    // A stopped launcher takes the request and never replies. After the
+    // reply timeout the server takes the spec back and starts the shim.
+    kill(launcher, libc::SIGSTOP);
+    let id = server
+        .core()
+        .jobs
+        .enqueue("wait", json!({"releaseFile": release}), once())
+        .await
+        .unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+    let specs: Vec<_> = std::fs::read_dir(server.dir.path().join("exits"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(specs.is_empty(), "no spec file is left behind: {specs:?}");
+    assert_eq!(server.core().jobs.shim_launcher_pid(), None, "the stuck launcher was dropped");
+    // The server killed the stopped launcher; it is gone or a zombie.
+    within(Duration::from_secs(10), async {
+        while process_exists(launcher as i32) && process_state(launcher as i32) != Some('Z') {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }

@@ -237,9 +237,8 @@ impl Supervisor {
     async fn spawn_shim(&self, spec: &burro_protocol::control::ShimSpec, spec_path: &std::path::Path, run: Arc<Run>) -> Result<(), String> {
         let settings = &self.inner.settings;
         let shim_log_path = settings.shim_log_dir.join(format!("{}.log", spec.job_id));
-        let mut spec_path = std::borrow::Cow::Borrowed(spec_path);
         if let Some(launcher) = &self.inner.launcher {
-            match launcher.launch(&spec_path, &shim_log_path).await {
+            match launcher.launch(spec_path, &shim_log_path).await {
                 Ok(launched) => {
                     tracing::trace!(job_id = %spec.job_id, shim_pid = launched.pid, "shim forked by the launcher");
                     let inner = self.inner.clone();
@@ -252,32 +251,44 @@ impl Supervisor {
                     return Ok(());
                 }
                 Err(failure) if failure.request_sent => {
-                    // A forked shim may hold the spec already. Whoever renames
-                    // the spec file first owns it: if this rename fails, a
-                    // shim has it and reports over the control socket, but its
-                    // exit cannot be watched; otherwise it is started here.
+                    // A forked shim may have claimed the spec already. The
+                    // first rename of the spec file claims it. When this
+                    // rename fails, a forked shim has the spec and reports
+                    // over the control socket, but its exit cannot be watched.
+                    // Otherwise the shim is started here.
                     tracing::warn!(job_id = %spec.job_id, error = %failure.message, "the shim launcher failed; starting the shim directly");
-                    let taken = spec_path.with_extension("direct.spec");
-                    if std::fs::rename(&spec_path, &taken).is_err() {
+                    let reclaimed = spec_path.with_extension("direct.spec");
+                    if std::fs::rename(spec_path, &reclaimed).is_err() {
                         tracing::warn!(job_id = %spec.job_id, "a shim forked by the failed launcher took the spec; its exit is seen only through its connection");
                         return Ok(());
                     }
-                    spec_path = std::borrow::Cow::Owned(taken);
+                    let started = self.spawn_shim_directly(spec, &reclaimed, &shim_log_path, run);
+                    if started.is_err() {
+                        // The caller removes only the spec's original name.
+                        let _ = std::fs::remove_file(&reclaimed);
+                    }
+                    return started;
                 }
                 Err(failure) => {
                     tracing::warn!(job_id = %spec.job_id, error = %failure.message, "the shim launcher failed; starting the shim directly");
                 }
             }
         }
+        self.spawn_shim_directly(spec, spec_path, &shim_log_path, run)
+    }
+
+    /// Starts the shim with exec, its standard error appended to its log.
+    fn spawn_shim_directly(&self, spec: &burro_protocol::control::ShimSpec, spec_path: &std::path::Path, shim_log_path: &std::path::Path, run: Arc<Run>) -> Result<(), String> {
+        let settings = &self.inner.settings;
         let shim_log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&shim_log_path)
+            .open(shim_log_path)
             .map_err(|e| format!("opening the shim log {} failed: {e}", shim_log_path.display()))?;
         let mut command = tokio::process::Command::new(&settings.shim_path);
         command
             .arg("--spec-file")
-            .arg(spec_path.as_ref())
+            .arg(spec_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(shim_log))
