@@ -30,9 +30,9 @@ fn kill(pid: u32, signal: i32) {
     assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill({pid}, {signal}) failed");
 }
 
-/// Enqueues a job that runs until `release` exists and returns its id and
-/// the pid of its shim, once the job's process runs.
-async fn running_job(server: &TestServer, release: &Path) -> (String, u32) {
+/// Enqueues a job that runs until `release` exists and returns its id, the
+/// pid of its shim and the pid of its process, once that process runs.
+async fn running_job(server: &TestServer, release: &Path) -> (String, u32, u32) {
     let id = server
         .core()
         .jobs
@@ -41,7 +41,7 @@ async fn running_job(server: &TestServer, release: &Path) -> (String, u32) {
         .unwrap();
     let job = server.wait_for(&id, "the job's pid", |job| job.pid.is_some()).await;
     let pid = job.pid.expect("a pid") as u32;
-    (id, parent_of(pid))
+    (id, parent_of(pid), pid)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +49,7 @@ async fn launcher_shims_outlive_killed_launcher() {
     let server = start(vec![("wait", external("python3", "wait_release.py"))]).await;
     let release = server.dir.path().join("release");
 
-    let (first, first_shim) = running_job(&server, &release).await;
+    let (first, first_shim, _) = running_job(&server, &release).await;
     let launcher = server.core().jobs.shim_launcher_pid().expect("a launcher runs after the first job started");
     assert_eq!(parent_of(first_shim), launcher, "the first job's shim is a child of the launcher");
 
@@ -62,7 +62,7 @@ async fn launcher_shims_outlive_killed_launcher() {
     .await;
 
     // The next job starts a new launcher.
-    let (second, second_shim) = running_job(&server, &release).await;
+    let (second, second_shim, _) = running_job(&server, &release).await;
     let relaunched = server.core().jobs.shim_launcher_pid().expect("a new launcher");
     assert_ne!(relaunched, launcher, "a new launcher replaced the killed one");
     assert_eq!(parent_of(second_shim), relaunched, "the second job's shim is a child of the new launcher");
@@ -82,7 +82,7 @@ async fn launcher_shims_outlive_killed_launcher() {
 async fn killed_shim_fails_job_as_lost() {
     let server = start(vec![("wait", external("python3", "wait_release.py"))]).await;
     let release = server.dir.path().join("release");
-    let (id, shim) = running_job(&server, &release).await;
+    let (id, shim, worker) = running_job(&server, &release).await;
     assert_eq!(Some(parent_of(shim)), server.core().jobs.shim_launcher_pid());
 
     kill(shim, libc::SIGKILL);
@@ -91,8 +91,15 @@ async fn killed_shim_fails_job_as_lost() {
     let error = job.error.unwrap_or_default();
     assert!(error.starts_with("job lost: its shim exited"), "{error}");
     assert_eq!(server.core().jobs.supervised_count(), 0, "the run was released");
-    // The job's process lost its shim and still waits; let it end.
-    std::fs::write(&release, b"").unwrap();
+    // The job's process lost its shim and still runs: end it here, because
+    // nothing else will once the test's directory is gone.
+    kill(worker, libc::SIGKILL);
+    within(Duration::from_secs(10), async {
+        while process_exists(worker as i32) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +113,7 @@ async fn launcher_off_server_spawns_shims() {
     )
     .await;
     let release = server.dir.path().join("release");
-    let (id, shim) = running_job(&server, &release).await;
+    let (id, shim, _) = running_job(&server, &release).await;
     assert_eq!(parent_of(shim), std::process::id(), "the shim is a child of the server");
     assert_eq!(server.core().jobs.shim_launcher_pid(), None);
 
@@ -143,7 +150,7 @@ async fn stuck_launcher_falls_back_to_exec() {
     let server = start(vec![("wait", external("python3", "wait_release.py"))]).await;
     let release = server.dir.path().join("release");
     std::fs::write(&release, b"").unwrap();
-    let (first, _) = running_job(&server, &release).await;
+    let (first, _, _) = running_job(&server, &release).await;
     server.wait_finished(&first).await;
     let launcher = server.core().jobs.shim_launcher_pid().expect("a launcher runs");
 

@@ -42,8 +42,12 @@ impl Live {
     fn update(&self, id: &str, apply: impl Fn(&mut LiveValues, &mut LiveUpdate)) {
         let mut guard = self.state.lock().expect("live state lock");
         let state = &mut *guard;
-        // Lookups by reference first: a running job is nearly always present,
-        // so most messages allocate nothing here.
+        // A running job is nearly always present in both maps: one lookup
+        // in each, by reference, and no allocation.
+        if let (Some(values), Some(update)) = (state.current.get_mut(id), state.dirty.get_mut(id)) {
+            apply(values, update);
+            return;
+        }
         if !state.current.contains_key(id) {
             state.current.insert(id.to_string(), LiveValues::default());
         }
@@ -67,6 +71,21 @@ impl Live {
     /// Records progress.
     pub fn progress(&self, id: &str, percent: f64, message: Option<&str>) {
         self.update(id, |values, update| {
+            values.progress_percent = Some(percent);
+            update.progress_percent = Some(percent);
+            if let Some(message) = message {
+                values.progress_message = Some(message.to_string());
+                update.progress_message = Some(message.to_string());
+            }
+        });
+    }
+
+    /// Records progress that arrived at `now_ms`: [`Live::progress`] and
+    /// [`Live::heartbeat`] in one update.
+    pub fn progress_at(&self, id: &str, now_ms: i64, percent: f64, message: Option<&str>) {
+        self.update(id, |values, update| {
+            values.last_heartbeat = Some(now_ms);
+            update.last_heartbeat = Some(now_ms);
             values.progress_percent = Some(percent);
             update.progress_percent = Some(percent);
             if let Some(message) = message {
@@ -168,5 +187,21 @@ mod tests {
         assert_eq!(dirty[0].last_heartbeat, Some(99));
         assert!(live.take_dirty().is_empty());
         assert_eq!(live.get("a").unwrap().progress_percent, Some(99.0));
+    }
+
+    #[test]
+    fn progress_at_records_heartbeat_too() {
+        let live = Live::default();
+        live.progress_at("a", 7, 40.0, Some("half"));
+        live.progress_at("a", 9, 50.0, None);
+        let values = live.get("a").unwrap();
+        assert_eq!(values.last_heartbeat, Some(9));
+        assert_eq!(values.progress_percent, Some(50.0));
+        assert_eq!(values.progress_message.as_deref(), Some("half"));
+        let dirty = live.take_dirty();
+        assert_eq!(dirty.len(), 1);
+        assert_eq!(dirty[0].last_heartbeat, Some(9));
+        assert_eq!(dirty[0].progress_percent, Some(50.0));
+        assert_eq!(dirty[0].progress_message.as_deref(), Some("half"));
     }
 }

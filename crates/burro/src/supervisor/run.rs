@@ -486,7 +486,12 @@ impl Run {
                 return;
             }
         }
-        inner.live.heartbeat(&self.job_id, now);
+        // Every message counts as a heartbeat; progress records both in one
+        // update of the live state.
+        match &parsed.message {
+            JobMessage::Progress { percent, message, .. } => inner.live.progress_at(&self.job_id, now, *percent, message.as_deref()),
+            _ => inner.live.heartbeat(&self.job_id, now),
+        }
         if let Some(raw) = parsed.clamped_percent {
             tracing::warn!(job_id = %self.job_id, percent = raw, "progress percent outside 0-100 was clamped");
         }
@@ -504,7 +509,6 @@ impl Run {
                     .await;
             }
             JobMessage::Progress { percent, message, data } => {
-                inner.live.progress(id, percent, message.as_deref());
                 inner
                     .events
                     .emit(
