@@ -8,12 +8,12 @@
 //!
 //! The server starts one launcher with a sequenced-packet socket as its
 //! standard input and sends one [`LaunchRequest`] per job. The launcher
-//! forks; the child sets up its own process group and log and runs exactly
+//! forks, and the child takes a process group of its own and runs exactly
 //! the code an exec'd shim runs. The launcher replies with the shim's pid and
 //! a pidfd for it, so the server can watch the shim's exit without being
-//! its parent, and reaps its children as they exit. When the server's end of
-//! the socket closes, the launcher exits; the shims it started keep running,
-//! as shims started by `exec` do when the server goes away.
+//! its parent, and reaps its children as they exit. The launcher exits when
+//! the server's end of the socket closes. The shims it started keep running
+//! then, as shims started by `exec` do when the server goes away.
 
 use crate::{run_shim, SpecSource};
 use burro_protocol::control::{LaunchReply, LaunchRequest};
@@ -162,9 +162,36 @@ fn become_shim(request: &LaunchRequest, mask: &SigSet, children: &SignalFd) -> u
     }
     let _ = mask.thread_unblock();
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    retitle_as_forked();
     // Standard error stays the launcher's log, for panics; diagnostics go
     // to the job's shim log, created at the first line.
     run_shim(SpecSource::File(request.spec_file.clone().into()), Some(request.log_file.clone().into()))
+}
+
+/// Rewrites the command line that `ps` shows for this forked child from
+/// `burro-shim --launcher` to `burro-shim --forked`, so operators can tell
+/// the launcher from its shims. `program_invocation_name` is glibc's
+/// pointer to `argv[0]`, and the kernel stores the arguments one after the
+/// other, so `argv[1]` starts after `argv[0]`'s terminating NUL.
+fn retitle_as_forked() {
+    extern "C" {
+        static program_invocation_name: *mut libc::c_char;
+    }
+    const FROM: &[u8] = b"--launcher\0";
+    const TO: &[u8] = b"--forked\0\0\0";
+    // SAFETY: the pointer is glibc's, set at start-up to argv[0]. The write
+    // stays within argv[1], which is checked to be FROM, and TO has FROM's
+    // length. The argument strings are writable memory of this process.
+    unsafe {
+        let name = program_invocation_name;
+        if name.is_null() {
+            return;
+        }
+        let argument = name.add(libc::strlen(name) + 1).cast::<u8>();
+        if std::slice::from_raw_parts(argument, FROM.len()) == FROM {
+            std::ptr::copy_nonoverlapping(TO.as_ptr(), argument, TO.len());
+        }
+    }
 }
 
 /// Sends one reply, with `pidfd` as ancillary data when given. A failed send

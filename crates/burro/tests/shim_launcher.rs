@@ -25,6 +25,19 @@ fn parent_of(pid: u32) -> u32 {
     after.split_whitespace().nth(1).expect("stat has a parent pid").parse().expect("the parent pid is a number")
 }
 
+/// Returns the command line of `pid` as `ps` shows it: the program's file
+/// name and its arguments, separated by spaces.
+fn command_line(pid: u32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_else(|err| panic!("reading /proc/{pid}/cmdline failed: {err}"));
+    let words: Vec<String> = raw
+        .split(|byte| *byte == 0)
+        .filter(|word| !word.is_empty())
+        .map(|word| String::from_utf8_lossy(word).into_owned())
+        .collect();
+    let program = words.first().map(|path| path.rsplit('/').next().unwrap_or(path).to_string()).unwrap_or_default();
+    std::iter::once(program).chain(words.into_iter().skip(1)).collect::<Vec<_>>().join(" ")
+}
+
 fn kill(pid: u32, signal: i32) {
     // SAFETY: kill only sends a signal to the process the test started.
     assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill({pid}, {signal}) failed");
@@ -52,6 +65,9 @@ async fn launcher_shims_outlive_killed_launcher() {
     let (first, first_shim, _) = running_job(&server, &release).await;
     let launcher = server.core().jobs.shim_launcher_pid().expect("a launcher runs after the first job started");
     assert_eq!(parent_of(first_shim), launcher, "the first job's shim is a child of the launcher");
+    // ps tells the launcher from the shims it forked.
+    assert_eq!(command_line(launcher), "burro-shim --launcher");
+    assert_eq!(command_line(first_shim), "burro-shim --forked");
 
     kill(launcher, libc::SIGKILL);
     within(Duration::from_secs(10), async {
