@@ -279,12 +279,14 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
 /// Explains why the job's command could not be started, with the fix.
 fn spawn_failure(spec: &ShimSpec, err: &std::io::Error) -> String {
     let command = &spec.command;
-    let cwd = spec.cwd.as_deref().unwrap_or("the server's working directory");
     let hint = match err.kind() {
         std::io::ErrorKind::NotFound if !command.contains('/') => {
             format!("no program {command:?} on PATH; give a path such as \"./{command}\" (relative to the configuration file) or install it")
         }
-        std::io::ErrorKind::NotFound => format!("check that {command:?} and the working directory {cwd:?} exist"),
+        std::io::ErrorKind::NotFound => match &spec.cwd {
+            Some(cwd) => format!("check that {command:?} and the working directory {cwd:?} exist"),
+            None => format!("check that {command:?} exists, relative to the server's working directory"),
+        },
         std::io::ErrorKind::PermissionDenied => {
             format!("make it executable (chmod +x {command}) or run it through its interpreter, such as command = \"bash\" with args = [{command:?}]")
         }

@@ -65,7 +65,7 @@ async fn launcher_shims_outlive_killed_launcher() {
     let (first, first_shim, _) = running_job(&server, &release).await;
     let launcher = server.core().jobs.shim_launcher_pid().expect("a launcher runs after the first job started");
     assert_eq!(parent_of(first_shim), launcher, "the first job's shim is a child of the launcher");
-    // ps tells the launcher from the shims it forked.
+    // ps shows the launcher and the shims it forked with different arguments.
     assert_eq!(command_line(launcher), "burro-shim --launcher");
     assert_eq!(command_line(first_shim), "burro-shim --forked");
 
@@ -191,6 +191,68 @@ async fn stuck_launcher_falls_back_to_exec() {
     // The server killed the stopped launcher; it is gone or a zombie.
     within(Duration::from_secs(10), async {
         while process_exists(launcher as i32) && process_state(launcher as i32) != Some('Z') {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwatched_dead_shim_fails_job_as_lost() {
+    // A stand-in launcher starts the real shim from the request and never
+    // replies, like a launcher that forked and then hung. After the reply
+    // timeout the server finds the spec claimed, so it has no pidfd for
+    // this shim and learns of its death only from the lost connection.
+    let dir = tempfile::tempdir().unwrap();
+    let real_shim = burro::supervisor::default_shim_path();
+    let stand_in = dir.path().join("burro-shim");
+    std::fs::write(
+        &stand_in,
+        format!(
+            "#!/usr/bin/env python3\n\
+             import json, os, socket, subprocess, sys\n\
+             REAL = {real:?}\n\
+             if sys.argv[1:] == ['--launcher']:\n\
+             \x20   requests = socket.socket(fileno=0)\n\
+             \x20   while True:\n\
+             \x20       packet = requests.recv(65536)\n\
+             \x20       if not packet:\n\
+             \x20           sys.exit(0)\n\
+             \x20       spec = json.loads(packet)['specFile']\n\
+             \x20       subprocess.Popen([REAL, '--spec-file', spec], start_new_session=True, stdin=subprocess.DEVNULL)\n\
+             os.execv(REAL, [REAL] + sys.argv[1:])\n",
+            real = real_shim.display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&stand_in, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let server = start_with(
+        |config| {
+            config.server.shim_path = Some(stand_in.clone());
+            config.external.reconnect_window = Some(Duration::from_secs(1));
+            config.external_jobs.insert("wait".into(), external("python3", "wait_release.py"));
+        },
+        |_| {},
+    )
+    .await;
+    let release = server.dir.path().join("release");
+    let (id, shim, worker) = running_job(&server, &release).await;
+    // The reply timeout passes, and the server gives up on the launcher.
+    within(Duration::from_secs(15), async {
+        while server.core().jobs.shim_launcher_pid().is_some() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    kill(shim, libc::SIGKILL);
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    let error = job.error.unwrap_or_default();
+    assert!(error.starts_with("job lost: its shim disconnected and did not reconnect within"), "{error}");
+    kill(worker, libc::SIGKILL);
+    within(Duration::from_secs(10), async {
+        while process_exists(worker as i32) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })

@@ -177,7 +177,8 @@ impl Supervisor {
         let token = new_token();
         let (exit_tx, exit_rx) = oneshot::channel();
         let log = self.inner.logs.writer(&job.id);
-        let run = Arc::new(Run::new(job, external, self.inner.settings.cancel_grace, token.clone(), log, exit_tx));
+        let window = self.inner.settings.reconnect_window.unwrap_or(external.heartbeat_timeout * 2);
+        let run = Arc::new(Run::new(job, external, self.inner.settings.cancel_grace, window, token.clone(), log, exit_tx));
         self.inner.runs.lock().expect("runs lock").insert(job.id.clone(), run.clone());
         self.inner.live.process_state(&job.id, ProcessState::Spawning);
 
@@ -220,7 +221,11 @@ impl Supervisor {
         if let Err(err) = self.inner.store.job_spawned(&update).await {
             tracing::warn!(job_id = %job.id, error = %err, "recording the shim token failed");
         }
-        if let Err(error) = self.spawn_shim(&spec, &spec_path, run.clone()).await {
+        let started = self.spawn_shim(&spec, &spec_path, run.clone()).await;
+        if started.is_ok() {
+            run.shim_started();
+        }
+        if let Err(error) = started {
             let _ = std::fs::remove_file(&spec_path);
             tracing::error!(job_id = %job.id, job_name = %job.name, error = %error, "starting the shim failed");
             run.deliver(ExitSummary {

@@ -1,5 +1,6 @@
 //! The heartbeat monitor: `job.stale` after one heartbeat timeout without a
-//! message, termination after two.
+//! message, termination after two, and a lost attempt when a shim stays
+//! disconnected for the reconnect window.
 
 use super::run::Liveness;
 use super::Inner;
@@ -31,6 +32,16 @@ pub(crate) async fn heartbeat_monitor(inner: Weak<Inner>) {
                 Liveness::Dead { since_ms } => {
                     tracing::warn!(job_id = %run.job_id, job_name = %run.name, elapsed_ms = since_ms, "no message for twice the heartbeat timeout; terminating the job");
                     run.request_kill(KillReason::HeartbeatTimeout, false);
+                }
+                Liveness::Lost { since_ms, connected } => {
+                    let reason = if connected {
+                        format!("job lost: its shim disconnected and did not reconnect within {since_ms} ms")
+                    } else {
+                        format!("job lost: its shim did not connect within {since_ms} ms")
+                    };
+                    tracing::warn!(job_id = %run.job_id, job_name = %run.name, attempt = run.attempt, "{reason}");
+                    run.note("error", reason.clone());
+                    run.deliver_lost_reason(reason);
                 }
             }
         }

@@ -33,11 +33,11 @@ impl Supervisor {
         let token = job.shim_token.clone().unwrap_or_default();
         let (exit_tx, exit_rx) = oneshot::channel();
         let log = self.inner.logs.writer(&job.id);
-        let run = Arc::new(Run::new(job, external, self.inner.settings.cancel_grace, token, log, exit_tx));
+        let window = self.inner.settings.reconnect_window.unwrap_or(external.heartbeat_timeout * 2);
+        let run = Arc::new(Run::new(job, external, self.inner.settings.cancel_grace, window, token, log, exit_tx));
         run.expect_reconnect();
         self.inner.runs.lock().expect("runs lock").insert(job.id.clone(), run.clone());
         self.inner.live.process_state(&job.id, ProcessState::Reconnecting);
-        let window = self.inner.settings.reconnect_window.unwrap_or(external.heartbeat_timeout * 2);
         Adoption { run, exit_rx, window }
     }
 

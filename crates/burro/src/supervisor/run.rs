@@ -75,6 +75,9 @@ pub(crate) enum Liveness {
     Stale { since_ms: u64 },
     /// Silent for twice the heartbeat timeout.
     Dead { since_ms: u64 },
+    /// Without a shim connection for the reconnect window, so the shim is
+    /// presumed gone. `connected` is true when it had connected before.
+    Lost { since_ms: u64, connected: bool },
 }
 
 struct State {
@@ -95,6 +98,10 @@ struct State {
     /// reconnects.
     awaiting_reconnect: bool,
     ever_attached: bool,
+    /// When the run last lost its shim connection, or when its shim was
+    /// started if it has not connected yet. `None` while connected and while
+    /// the shim is being started.
+    disconnected_since: Option<Instant>,
     /// Sequence number of the first processed frame that decides the end.
     first_decisive_seq: Option<u64>,
     /// The exit record this run was finished from, removed on release.
@@ -109,6 +116,9 @@ pub(crate) struct Run {
     pub heartbeat_timeout: Duration,
     pub kill_grace: Duration,
     pub cancel_grace: Duration,
+    /// How long the run may go without a shim connection before it is
+    /// lost. A live shim reconnects within about a second.
+    pub reconnect_window: Duration,
     state: Mutex<State>,
 }
 
@@ -117,6 +127,7 @@ impl Run {
         job: &Job,
         external: &ExternalJob,
         cancel_grace: Duration,
+        reconnect_window: Duration,
         token: String,
         log: LogWriter,
         exit_tx: oneshot::Sender<ExitSummary>,
@@ -129,6 +140,7 @@ impl Run {
             heartbeat_timeout: external.heartbeat_timeout,
             kill_grace: external.kill_grace,
             cancel_grace,
+            reconnect_window,
             state: Mutex::new(State {
                 summary: ExitSummary {
                     timeout_ms: job.timeout_ms.map(|ms| ms.max(0) as u64),
@@ -146,6 +158,7 @@ impl Run {
                 output_rate: OutputRate::new(OUTPUT_EVENTS_PER_SECOND, Instant::now()),
                 awaiting_reconnect: false,
                 ever_attached: false,
+                disconnected_since: None,
                 first_decisive_seq: None,
                 exit_record: None,
             }),
@@ -219,10 +232,28 @@ impl Run {
     }
 
     /// Judges liveness by the time since the last message, with the
-    /// server's clock. A job whose shim is disconnected is not judged.
+    /// server's clock. A job whose shim is disconnected is judged by how
+    /// long it has been without a connection instead. A run taken over
+    /// after a restart is left to its own reconnect deadline, because that
+    /// deadline also looks for an exit record.
     pub fn check_liveness(&self) -> Liveness {
         let mut state = self.lock();
-        if state.control.is_none() || state.summary.report.is_some() || state.summary.kill_reason.is_some() {
+        if state.summary.report.is_some() || state.exit_tx.is_none() {
+            return Liveness::Healthy;
+        }
+        if state.control.is_none() {
+            if state.awaiting_reconnect {
+                return Liveness::Healthy;
+            }
+            return match state.disconnected_since {
+                Some(since) if since.elapsed() >= self.reconnect_window => Liveness::Lost {
+                    since_ms: since.elapsed().as_millis() as u64,
+                    connected: state.ever_attached,
+                },
+                _ => Liveness::Healthy,
+            };
+        }
+        if state.summary.kill_reason.is_some() {
             return Liveness::Healthy;
         }
         let elapsed = state.last_seen.elapsed();
@@ -235,6 +266,15 @@ impl Run {
             return Liveness::Stale { since_ms };
         }
         Liveness::Healthy
+    }
+
+    /// Records that the shim was started: from now on, until it connects,
+    /// the run counts as disconnected.
+    pub fn shim_started(&self) {
+        let mut state = self.lock();
+        if state.control.is_none() && !state.ever_attached {
+            state.disconnected_since = Some(Instant::now());
+        }
     }
 
     /// Marks a run taken over after a restart: its shim's first connection
@@ -294,6 +334,7 @@ impl Run {
         }
         state.control = Some((session, tx));
         state.ever_attached = true;
+        state.disconnected_since = None;
         std::mem::take(&mut state.awaiting_reconnect)
     }
 
@@ -302,6 +343,7 @@ impl Run {
         let mut state = self.lock();
         if state.control.as_ref().is_some_and(|(id, _)| *id == session) {
             state.control = None;
+            state.disconnected_since = Some(Instant::now());
         }
         if state.shim_exited {
             Self::deliver_lost(&mut state, &self.job_id);
