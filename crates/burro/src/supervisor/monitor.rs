@@ -35,9 +35,9 @@ pub(crate) async fn heartbeat_monitor(inner: Weak<Inner>) {
                 }
                 Liveness::Lost { since_ms, connected } => {
                     let reason = if connected {
-                        format!("job lost: its shim disconnected and did not reconnect within {since_ms} ms")
+                        format!("job lost: its shim disconnected {since_ms} ms ago and has not reconnected")
                     } else {
-                        format!("job lost: its shim did not connect within {since_ms} ms")
+                        format!("job lost: its shim was started {since_ms} ms ago and has not connected")
                     };
                     tracing::warn!(job_id = %run.job_id, job_name = %run.name, attempt = run.attempt, "{reason}");
                     run.note("error", reason.clone());
