@@ -149,10 +149,10 @@ async fn run_round(burro: &Path, worker: &Path, clients: usize, jobs: u64, per_j
     let ticks = cpu_ticks(pid)? - ticks_before;
     stopper.abort();
     let completed = count(&client, &server.url, "completed").await?;
-    let failure = if completed == jobs { String::new() } else { newest_jobs(&client, &server.url).await };
+    let newest = if completed == jobs { String::new() } else { newest_jobs(&client, &server.url).await };
     server.stop();
     if completed != jobs {
-        bail!("{completed} of {jobs} jobs completed; the newest jobs: {failure}");
+        bail!("{completed} of {jobs} jobs completed; the newest jobs: {newest}");
     }
 
     // SAFETY: sysconf has no preconditions.

@@ -363,8 +363,8 @@ pub(crate) fn median_shim_private_kib(jobs: &[Value]) -> Result<f64> {
 /// Writes the configuration of a `burro serve` that runs the `tiny` job
 /// (`worker`) at `concurrency`, with the data directory under `dir` and the
 /// job sockets under `sockets`, and returns its path.
-/// Whether the `burro serve` of S5, S6 and S7 forks shims from the shim
-/// launcher; `--no-shim-launcher` clears it.
+/// Setting of `[server] shim_launcher` for the `burro serve` of S5, S6 and
+/// S7. `--no-shim-launcher` clears it.
 pub(crate) static SERVE_SHIM_LAUNCHER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 pub(crate) fn serve_config(dir: &Path, sockets: &Path, worker: &Path, concurrency: u64, heartbeat_timeout: &str) -> Result<PathBuf> {

@@ -191,8 +191,8 @@ where
 }
 
 /// Returns the CPU time used so far by this process and its reaped
-/// children, in seconds. Shims reap their jobs, so a finished job's CPU
-/// time is included once its shim is reaped.
+/// children, in seconds. Shims reap their jobs, so the CPU time of a job
+/// whose shim this process started is included once that shim is reaped.
 fn cpu_seconds() -> f64 {
     let mut total = 0.0;
     for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {

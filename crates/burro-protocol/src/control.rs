@@ -408,7 +408,7 @@ pub struct LaunchRequest {
     pub log_file: String,
 }
 
-/// The launcher's answer to one [`LaunchRequest`]. With `pid` set, the
+/// The launcher's reply to one [`LaunchRequest`]. With `pid` set, the
 /// packet carries a pidfd of the new shim as `SCM_RIGHTS` ancillary data.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

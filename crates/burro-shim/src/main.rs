@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         [flag, path] if flag == "--spec-file" => SpecSource::File(std::path::PathBuf::from(path)),
         [] => SpecSource::Stdin,
         _ => {
-            eprintln!("burro-shim: usage: burro-shim [--spec-file PATH | --launcher] (the burro server starts this program)");
+            eprintln!("burro-shim: invalid arguments {arguments:?}; usage: burro-shim [--spec-file PATH | --launcher] (the burro server starts this program)");
             return ExitCode::from(2);
         }
     };
@@ -138,8 +138,8 @@ static LOG_PATH: OnceLock<PathBuf> = OnceLock::new();
 static LOG_FILE: OnceLock<Option<File>> = OnceLock::new();
 
 /// Appends one line to the shim's diagnostic log, or to standard error
-/// when the log cannot be opened. One write per line, so lines of shims
-/// that share a file do not interleave.
+/// when the log cannot be opened. One write per line keeps a line whole
+/// when other processes append to the same file.
 pub(crate) fn write_diagnostic(args: std::fmt::Arguments<'_>) {
     let line = format!("burro-shim: {args}\n");
     let file = LOG_PATH.get().and_then(|path| {

@@ -36,7 +36,7 @@ fn wait_exit(pidfd: &OwnedFd) {
 }
 
 #[test]
-fn launcher_forks_a_shim_and_passes_its_pidfd() {
+fn launcher_forks_shim_with_pidfd() {
     let dir = tempfile::tempdir().unwrap();
     let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
     let launcher_log = dir.path().join("launcher.log");
@@ -85,4 +85,13 @@ fn launcher_forks_a_shim_and_passes_its_pidfd() {
     drop(ours);
     let status = launcher.wait().unwrap();
     assert!(status.success(), "launcher exit: {status}; log: {}", std::fs::read_to_string(&launcher_log).unwrap_or_default());
+}
+
+#[test]
+fn unknown_arguments_are_named() {
+    let output = Command::new(env!("CARGO_BIN_EXE_burro-shim")).args(["--bogus", "x"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(r#"invalid arguments ["--bogus", "x"]"#), "{stderr}");
+    assert!(stderr.contains("usage: burro-shim [--spec-file PATH | --launcher]"), "{stderr}");
 }

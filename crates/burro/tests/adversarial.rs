@@ -87,8 +87,8 @@ fn children() -> Vec<(i64, char)> {
     children_of(i64::from(std::process::id()))
 }
 
-/// Returns the pid and state letter of every child of `parent`.
-fn children_of(me: i64) -> Vec<(i64, char)> {
+/// Returns the pid and state letter of every child of `process`.
+fn children_of(process: i64) -> Vec<(i64, char)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<i64>().ok()) else {
@@ -101,7 +101,7 @@ fn children_of(me: i64) -> Vec<(i64, char)> {
         let mut fields = after.split_whitespace();
         let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
         let parent: Option<i64> = fields.next().and_then(|p| p.parse().ok());
-        if parent == Some(me) {
+        if parent == Some(process) {
             found.push((pid, state));
         }
     }

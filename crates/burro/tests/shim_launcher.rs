@@ -43,15 +43,40 @@ fn kill(pid: u32, signal: i32) {
     assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill({pid}, {signal}) failed");
 }
 
-/// Enqueues a job that runs until `release` exists and returns its id, the
-/// pid of its shim and the pid of its process, once that process runs.
-async fn running_job(server: &TestServer, release: &Path) -> (String, u32, u32) {
-    let id = server
+/// Waits until `pid` has exited: gone, or a zombie its parent has not
+/// reaped yet.
+async fn wait_exited(pid: u32) {
+    within(Duration::from_secs(10), async {
+        while process_exists(pid as i32) && process_state(pid as i32) != Some('Z') {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// Ends a job process whose shim was killed. It may already have exited on
+/// its broken connection, so a failed kill is not an error. Otherwise it
+/// would wait for its release file after the test's directory is gone.
+async fn end_orphan(pid: u32) {
+    // SAFETY: kill only sends a signal to a process the test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_exited(pid).await;
+}
+
+/// Enqueues a `wait` job that runs until `release` exists.
+async fn enqueue_wait(server: &TestServer, release: &Path) -> String {
+    server
         .core()
         .jobs
         .enqueue("wait", json!({"releaseFile": release}), once())
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Enqueues a job that runs until `release` exists and returns its id, the
+/// pid of its shim and the pid of its process, once that process runs.
+async fn running_job(server: &TestServer, release: &Path) -> (String, u32, u32) {
+    let id = enqueue_wait(server, release).await;
     let job = server.wait_for(&id, "the job's pid", |job| job.pid.is_some()).await;
     let pid = job.pid.expect("a pid") as u32;
     (id, parent_of(pid), pid)
@@ -70,12 +95,7 @@ async fn launcher_shims_outlive_killed_launcher() {
     assert_eq!(command_line(first_shim), "burro-shim --forked");
 
     kill(launcher, libc::SIGKILL);
-    within(Duration::from_secs(10), async {
-        while process_exists(launcher as i32) && process_state(launcher as i32) != Some('Z') {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    wait_exited(launcher).await;
 
     // The next job starts a new launcher.
     let (second, second_shim, _) = running_job(&server, &release).await;
@@ -107,15 +127,7 @@ async fn killed_shim_fails_job_as_lost() {
     let error = job.error.unwrap_or_default();
     assert!(error.starts_with("job lost: its shim exited"), "{error}");
     assert_eq!(server.core().jobs.supervised_count(), 0, "the run was released");
-    // The job's process lost its shim and still runs: end it here, because
-    // nothing else will once the test's directory is gone.
-    kill(worker, libc::SIGKILL);
-    within(Duration::from_secs(10), async {
-        while process_exists(worker as i32) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    end_orphan(worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,12 +161,7 @@ async fn missing_shim_path_fails_job() {
     )
     .await;
     let release = server.dir.path().join("release");
-    let id = server
-        .core()
-        .jobs
-        .enqueue("wait", json!({"releaseFile": release}), once())
-        .await
-        .unwrap();
+    let id = enqueue_wait(&server, &release).await;
     let job = server.wait_finished(&id).await;
     assert_eq!(job.status, JobStatus::Failed);
     let error = job.error.unwrap_or_default();
@@ -173,12 +180,7 @@ async fn stuck_launcher_falls_back_to_exec() {
     // A stopped launcher takes the request and never replies. After the
     // reply timeout the server takes the spec back and starts the shim.
     kill(launcher, libc::SIGSTOP);
-    let id = server
-        .core()
-        .jobs
-        .enqueue("wait", json!({"releaseFile": release}), once())
-        .await
-        .unwrap();
+    let id = enqueue_wait(&server, &release).await;
     let job = server.wait_finished(&id).await;
     assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
     let specs: Vec<_> = std::fs::read_dir(server.dir.path().join("exits"))
@@ -189,12 +191,7 @@ async fn stuck_launcher_falls_back_to_exec() {
     assert!(specs.is_empty(), "no spec file is left behind: {specs:?}");
     assert_eq!(server.core().jobs.shim_launcher_pid(), None, "the stuck launcher was dropped");
     // The server killed the stopped launcher; it is gone or a zombie.
-    within(Duration::from_secs(10), async {
-        while process_exists(launcher as i32) && process_state(launcher as i32) != Some('Z') {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    wait_exited(launcher).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,25 +203,20 @@ async fn unwatched_dead_shim_fails_job_as_lost() {
     let dir = tempfile::tempdir().unwrap();
     let real_shim = burro::supervisor::default_shim_path();
     let stand_in = dir.path().join("burro-shim");
-    std::fs::write(
-        &stand_in,
-        format!(
-            "#!/usr/bin/env python3\n\
-             import json, os, socket, subprocess, sys\n\
-             REAL = {real:?}\n\
-             if sys.argv[1:] == ['--launcher']:\n\
-             \x20   requests = socket.socket(fileno=0)\n\
-             \x20   while True:\n\
-             \x20       packet = requests.recv(65536)\n\
-             \x20       if not packet:\n\
-             \x20           sys.exit(0)\n\
-             \x20       spec = json.loads(packet)['specFile']\n\
-             \x20       subprocess.Popen([REAL, '--spec-file', spec], start_new_session=True, stdin=subprocess.DEVNULL)\n\
-             os.execv(REAL, [REAL] + sys.argv[1:])\n",
-            real = real_shim.display().to_string()
-        ),
-    )
-    .unwrap();
+    let script = r#"#!/usr/bin/env python3
+import json, os, socket, subprocess, sys
+REAL = "REAL_SHIM"
+if sys.argv[1:] == ["--launcher"]:
+    requests = socket.socket(fileno=0)
+    while True:
+        packet = requests.recv(65536)
+        if not packet:
+            sys.exit(0)
+        spec = json.loads(packet)["specFile"]
+        subprocess.Popen([REAL, "--spec-file", spec], start_new_session=True, stdin=subprocess.DEVNULL)
+os.execv(REAL, [REAL] + sys.argv[1:])
+"#;
+    std::fs::write(&stand_in, script.replace("REAL_SHIM", &real_shim.display().to_string())).unwrap();
     std::fs::set_permissions(&stand_in, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let server = start_with(
         |config| {
@@ -251,11 +243,5 @@ async fn unwatched_dead_shim_fails_job_as_lost() {
     let error = job.error.unwrap_or_default();
     assert!(error.starts_with("job lost: its shim disconnected "), "{error}");
     assert!(error.ends_with(" ms ago and has not reconnected"), "{error}");
-    kill(worker, libc::SIGKILL);
-    within(Duration::from_secs(10), async {
-        while process_exists(worker as i32) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    end_orphan(worker).await;
 }

@@ -70,14 +70,7 @@ impl Live {
 
     /// Records progress.
     pub fn progress(&self, id: &str, percent: f64, message: Option<&str>) {
-        self.update(id, |values, update| {
-            values.progress_percent = Some(percent);
-            update.progress_percent = Some(percent);
-            if let Some(message) = message {
-                values.progress_message = Some(message.to_string());
-                update.progress_message = Some(message.to_string());
-            }
-        });
+        self.update(id, |values, update| set_progress(values, update, percent, message));
     }
 
     /// Records progress that arrived at `now_ms`: [`Live::progress`] and
@@ -86,12 +79,7 @@ impl Live {
         self.update(id, |values, update| {
             values.last_heartbeat = Some(now_ms);
             update.last_heartbeat = Some(now_ms);
-            values.progress_percent = Some(percent);
-            update.progress_percent = Some(percent);
-            if let Some(message) = message {
-                values.progress_message = Some(message.to_string());
-                update.progress_message = Some(message.to_string());
-            }
+            set_progress(values, update, percent, message);
         });
     }
 
@@ -164,6 +152,16 @@ impl Live {
                 }
             }
         }
+    }
+}
+
+/// Sets the progress in both the live values and the pending update.
+fn set_progress(values: &mut LiveValues, update: &mut LiveUpdate, percent: f64, message: Option<&str>) {
+    values.progress_percent = Some(percent);
+    update.progress_percent = Some(percent);
+    if let Some(message) = message {
+        values.progress_message = Some(message.to_string());
+        update.progress_message = Some(message.to_string());
     }
 }
 

@@ -3,7 +3,7 @@
 //! `exec`. See the launcher's own documentation in `burro-shim` for why.
 //!
 //! The launcher is started on first use and restarted when it dies. Each
-//! launch is one request and one reply on a sequenced-packet socket; the
+//! launch is one request and one reply on a sequenced-packet socket. The
 //! reply carries a pidfd of the new shim, which becomes readable when the
 //! shim exits. Any failure is returned to the caller, which then starts the
 //! shim directly, so a broken launcher slows jobs down but never stops them.
@@ -29,8 +29,8 @@ pub(crate) struct Launched {
     pub exit: AsyncFd<OwnedFd>,
 }
 
-/// Why a launch failed, and whether the launcher may have started the shim
-/// anyway.
+/// Failure of a launch, with whether the launcher may have started the
+/// shim anyway.
 pub(crate) struct LaunchFailure {
     pub message: String,
     /// The request reached the launcher, so a shim may have been forked and
@@ -38,6 +38,7 @@ pub(crate) struct LaunchFailure {
     pub request_sent: bool,
 }
 
+/// Client of one `burro-shim --launcher` at a time, started on first use.
 pub(crate) struct Launcher {
     shim_path: PathBuf,
     log_path: PathBuf,
@@ -92,8 +93,9 @@ impl Launcher {
             };
             let result = open.exchange(&packet).await;
             if let Err(failure) = &result {
-                // Dropping the connection closes our end, so a live launcher
-                // exits; the next launch starts a new one.
+                // The launcher is killed as well, because a stuck one would
+                // never read that our end was closed. The next launch starts
+                // a new one.
                 if let Some(mut old) = connection.take() {
                     let _ = old.child.start_kill();
                 }
@@ -112,11 +114,13 @@ impl Launcher {
             .map_err(|err| format!("creating the launcher socket failed: {err}"))?;
         // The launcher reads its socket with blocking calls.
         set_blocking(&theirs).map_err(|err| format!("configuring the launcher socket failed: {err}"))?;
+
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log_path)
             .map_err(|err| format!("opening the launcher log {} failed: {err}", self.log_path.display()))?;
+
         let mut command = tokio::process::Command::new(&self.shim_path);
         command
             .arg("--launcher")
@@ -130,6 +134,7 @@ impl Launcher {
         if let Some(limit) = &self.nofile {
             command.env(super::NOFILE_VARIABLE, limit);
         }
+
         let child = command
             .spawn()
             .map_err(|err| format!("starting the shim launcher {} failed: {err}", self.shim_path.display()))?;
@@ -156,7 +161,7 @@ impl Connection {
         let sent = |message: String| LaunchFailure { message, request_sent: true };
         let reply = tokio::time::timeout(REPLY_TIMEOUT, self.receive())
             .await
-            .map_err(|_| sent(format!("the shim launcher did not answer within {} s", REPLY_TIMEOUT.as_secs())))?
+            .map_err(|_| sent(format!("the shim launcher did not reply within {} s", REPLY_TIMEOUT.as_secs())))?
             .map_err(sent)?;
         let (reply, pidfd) = reply;
         match (reply.pid, pidfd, reply.error) {
@@ -166,7 +171,7 @@ impl Connection {
                 Ok(Launched { pid, exit })
             }
             (_, _, Some(error)) => Err(sent(format!("the shim launcher failed: {error}"))),
-            (pid, _, None) => Err(sent(format!("the shim launcher answered without a pidfd (pid {pid:?})"))),
+            (pid, _, None) => Err(sent(format!("the shim launcher replied without a pidfd (pid {pid:?})"))),
         }
     }
 
@@ -209,6 +214,7 @@ fn receive_packet(fd: RawFd, buffer: &mut [u8]) -> std::io::Result<(usize, Optio
     Ok((message.bytes, pidfd))
 }
 
+/// Clears `O_NONBLOCK` on `fd`.
 fn set_blocking(fd: &OwnedFd) -> nix::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);

@@ -259,12 +259,13 @@ impl Supervisor {
                     // A forked shim may have claimed the spec already. The
                     // first rename of the spec file claims it. When this
                     // rename fails, a forked shim has the spec and reports
-                    // over the control socket, but its exit cannot be watched.
-                    // Otherwise the shim is started here.
+                    // over the control socket, but no pidfd watches it: the
+                    // heartbeat monitor ends the run if its connection stays
+                    // closed. Otherwise the shim is started here.
                     tracing::warn!(job_id = %spec.job_id, error = %failure.message, "the shim launcher failed; starting the shim directly");
                     let reclaimed = spec_path.with_extension("direct.spec");
                     if std::fs::rename(spec_path, &reclaimed).is_err() {
-                        tracing::warn!(job_id = %spec.job_id, "a shim forked by the failed launcher took the spec; its exit is seen only through its connection");
+                        tracing::warn!(job_id = %spec.job_id, "a shim forked by the failed launcher took the spec; the job is lost if that shim stays disconnected for the reconnect window");
                         return Ok(());
                     }
                     let started = self.spawn_shim_directly(spec, &reclaimed, &shim_log_path, run);
