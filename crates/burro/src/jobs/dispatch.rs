@@ -24,17 +24,14 @@ pub(crate) async fn dispatcher(shared: Arc<Shared>) {
         if shared.shutdown.is_cancelled() {
             return;
         }
-        let free = shared.slots.available_permits();
-        let names: Vec<String> = shared.registry.read().expect("registry lock").keys().cloned().collect();
+        let names = registered_names(&shared);
+        // The slots are taken before the claim, because an enqueue may
+        // claim a job into a free slot meanwhile.
+        let mut permits = if names.is_empty() { Vec::new() } else { free_slots(&shared) };
+        let free = permits.len();
         let mut claimed_all_free = false;
-        if free > 0 && !names.is_empty() {
-            let request = ClaimRequest {
-                names: names.clone(),
-                limit: free as u32,
-                now_ms: now_ms(),
-                node_id: shared.settings.node_id.clone(),
-                lease_generation: shared.store.is_shared().then(|| shared.lease_generation.load(std::sync::atomic::Ordering::SeqCst)),
-            };
+        if free > 0 {
+            let request = claim_request(&shared, names.clone(), free as u32);
             match shared.store.job_claim(&request).await {
                 Ok(jobs) => {
                     if failing {
@@ -43,11 +40,13 @@ pub(crate) async fn dispatcher(shared: Arc<Shared>) {
                     }
                     claimed_all_free = jobs.len() == free;
                     for job in jobs {
-                        let permit = shared.slots.clone().try_acquire_owned().expect("a slot per claimed job");
-                        tokio::spawn(execute(shared.clone(), job, permit));
+                        let permit = permits.pop().expect("the claim returns at most one job per slot");
+                        start_claimed(&shared, job, permit);
                     }
+                    drop(permits);
                 }
                 Err(err) => {
+                    drop(permits);
                     shared.metrics.store_error();
                     if !failing {
                         tracing::error!(error = %err, "claiming jobs failed; retrying every second");
@@ -75,6 +74,32 @@ pub(crate) async fn dispatcher(shared: Arc<Shared>) {
             _ = shared.shutdown.cancelled() => return,
         }
     }
+}
+
+/// Returns the job names registered on this server.
+pub(crate) fn registered_names(shared: &Shared) -> Vec<String> {
+    shared.registry.read().expect("registry lock").keys().cloned().collect()
+}
+
+/// Takes every free slot.
+fn free_slots(shared: &Shared) -> Vec<OwnedSemaphorePermit> {
+    std::iter::from_fn(|| shared.slots.clone().try_acquire_owned().ok()).collect()
+}
+
+/// Returns a claim of up to `limit` due jobs of `names` for this node.
+pub(crate) fn claim_request(shared: &Shared, names: Vec<String>, limit: u32) -> ClaimRequest {
+    ClaimRequest {
+        names,
+        limit,
+        now_ms: now_ms(),
+        node_id: shared.settings.node_id.clone(),
+        lease_generation: shared.store.is_shared().then(|| shared.lease_generation.load(std::sync::atomic::Ordering::SeqCst)),
+    }
+}
+
+/// Runs a claimed job in the slot that `permit` holds.
+pub(crate) fn start_claimed(shared: &Arc<Shared>, job: Job, permit: OwnedSemaphorePermit) {
+    tokio::spawn(execute(shared.clone(), job, permit));
 }
 
 /// Writes coalesced progress and heartbeats every flush interval.
@@ -142,18 +167,22 @@ async fn execute(shared: Arc<Shared>, job: Job, permit: OwnedSemaphorePermit) {
         Outcome::Completed(_) | Outcome::Failed { .. } if cancel_requested && !job.external => Outcome::Cancelled,
         other => other,
     };
-    if fenced {
+    let events = if fenced {
         // Another node rescued the job; its end belongs to that node.
         shared.live.remove(&job.id);
         tracing::info!(job_id = %job.id, attempt = job.attempts, "a job rescued by another node stopped here");
+        Vec::new()
     } else {
-        finish(&shared, &job, outcome).await;
-    }
+        store_end(&shared, &job, outcome).await
+    };
     if job.external {
         shared.supervisor.release(&job.id);
     }
+    // The slot is free before the end is announced, so a client that
+    // enqueues its next job on the end event finds the slot free.
     drop(permit);
     shared.wake.notify_one();
+    emit_all(&shared, events).await;
 }
 
 async fn run_in_process(shared: &Arc<Shared>, job: &Job, handler: super::handler::Handler, token: CancellationToken) -> Outcome {
@@ -272,6 +301,19 @@ pub(crate) async fn recover_lost(shared: &Arc<Shared>, job: Job) {
 /// Stores the end of an attempt and emits its events: `job.completed`,
 /// `job.retrying`, `job.failed` or `job.cancelled`.
 pub(crate) async fn finish(shared: &Arc<Shared>, job: &Job, outcome: Outcome) {
+    let events = store_end(shared, job, outcome).await;
+    emit_all(shared, events).await;
+}
+
+async fn emit_all(shared: &Shared, events: Vec<(String, Value)>) {
+    for (name, data) in events {
+        shared.events.emit(name, data).await;
+    }
+}
+
+/// Stores the end of an attempt and returns the events that announce it,
+/// none when another writer changed the job's row meanwhile.
+async fn store_end(shared: &Arc<Shared>, job: &Job, outcome: Outcome) -> Vec<(String, Value)> {
     let now = now_ms();
     let live = shared.live.remove(&job.id).unwrap_or_default();
     let mut record = JobFinish {
@@ -351,7 +393,7 @@ pub(crate) async fn finish(shared: &Arc<Shared>, job: &Job, outcome: Outcome) {
                     job_id = %id, attempt,
                     "the job's row changed meanwhile (cancelled, or rescued by another node); its end was not recorded"
                 );
-                return;
+                return Vec::new();
             }
             Err(err) => {
                 shared.metrics.store_error();
@@ -366,7 +408,5 @@ pub(crate) async fn finish(shared: &Arc<Shared>, job: &Job, outcome: Outcome) {
             }
         }
     }
-    for (name, data) in events {
-        shared.events.emit(name, data).await;
-    }
+    events
 }

@@ -206,6 +206,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// This node's lease generation on a shared store.
     pub lease_generation: std::sync::atomic::AtomicI64,
+    /// True once the dispatcher runs; until then an enqueue claims nothing.
+    pub dispatching: std::sync::atomic::AtomicBool,
 }
 
 /// Handle to the jobs service; cheap to clone.
@@ -240,6 +242,7 @@ impl Jobs {
                 shutdown: CancellationToken::new(),
                 metrics: Arc::new(crate::metrics::Metrics::default()),
                 lease_generation: std::sync::atomic::AtomicI64::new(0),
+                dispatching: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -340,11 +343,34 @@ impl Jobs {
             external,
             timeout_ms,
         };
-        let job = self.shared.store.job_insert(&new_job).await?;
+        // With a slot free, the same transaction claims a job into it: the
+        // oldest due job, which is the new one when none was waiting. The
+        // job then starts without waiting for the dispatcher's own write.
+        let job = match self.free_slot_for(&new_job) {
+            Some(permit) => {
+                let claim = super::dispatch::claim_request(&self.shared, super::dispatch::registered_names(&self.shared), 1);
+                let (job, claimed) = self.shared.store.job_insert_claim(&new_job, &claim).await?;
+                if let Some(claimed) = claimed.into_iter().next() {
+                    super::dispatch::start_claimed(&self.shared, claimed, permit);
+                }
+                job
+            }
+            None => self.shared.store.job_insert(&new_job).await?,
+        };
         tracing::debug!(job_id = %job.id, job_name = %job.name, "job enqueued");
         self.shared.metrics.count(crate::metrics::JobCounter::Enqueued, &job.name);
         self.shared.wake.notify_one();
         Ok(job.id)
+    }
+
+    /// Takes a free slot for a job being enqueued, if it is due now and the
+    /// dispatcher runs.
+    fn free_slot_for(&self, job: &NewJob) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let shared = &self.shared;
+        if job.status != JobStatus::Pending || !shared.dispatching.load(std::sync::atomic::Ordering::SeqCst) || shared.shutdown.is_cancelled() {
+            return None;
+        }
+        shared.slots.clone().try_acquire_owned().ok()
     }
 
     /// Enqueues a job that starts no earlier than `run_at_ms` (epoch ms).
@@ -530,6 +556,7 @@ impl Jobs {
     /// Starts the dispatcher, the coalesced-write flusher and the retention
     /// sweeper.
     pub(crate) fn start(&self) {
+        self.shared.dispatching.store(true, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(super::dispatch::dispatcher(self.shared.clone()));
         tokio::spawn(super::dispatch::flusher(self.shared.clone()));
         tokio::spawn(retention_sweeper(self.clone()));

@@ -21,6 +21,8 @@ use async_trait::async_trait;
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("running database migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("invalid data in job {id}: {message}")]
@@ -47,6 +49,22 @@ pub trait Store: Send + Sync + 'static {
     /// to `running`, increments their attempts and returns them. Each job is
     /// claimed by exactly one caller.
     async fn job_claim(&self, claim: &ClaimRequest) -> Result<Vec<Job>, StoreError>;
+
+    /// Inserts a new job and claims due jobs as [`Store::job_claim`] does,
+    /// in one transaction where the store allows it. The claim takes the
+    /// oldest due jobs, which need not include the new one. An error means
+    /// nothing was stored. This default inserts first, and when only the
+    /// claim then fails, it returns the job and no claimed jobs.
+    async fn job_insert_claim(&self, job: &NewJob, claim: &ClaimRequest) -> Result<(Job, Vec<Job>), StoreError> {
+        let inserted = self.job_insert(job).await?;
+        match self.job_claim(claim).await {
+            Ok(claimed) => Ok((inserted, claimed)),
+            Err(err) => {
+                tracing::warn!(job_id = %inserted.id, error = %err, "claiming jobs after an enqueue failed; the dispatcher claims them later");
+                Ok((inserted, Vec::new()))
+            }
+        }
+    }
 
     /// Records the process of a running external job.
     async fn job_spawned(&self, update: &SpawnUpdate) -> Result<(), StoreError>;

@@ -188,27 +188,75 @@ fn to_i32(value: u32) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
 }
 
+/// Returns the insert of a new job.
+fn insert_query(job: &NewJob) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let sql: &'static str = INSERT_SQL.get_or_init(|| {
+        format!(
+            "INSERT INTO jobs (id, name, data, status, attempts, max_attempts, created_at, run_at, external, timeout_ms) \
+             VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
+        )
+    });
+    sqlx::query(sql)
+        .bind(job.id.clone())
+        .bind(job.name.clone())
+        .bind(job.data.to_string())
+        .bind(job.status.as_str())
+        .bind(to_i32(job.max_attempts))
+        .bind(job.created_at)
+        .bind(job.run_at)
+        .bind(job.external)
+        .bind(job.timeout_ms)
+}
+
+static INSERT_SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Returns the claim statement. Only a node whose lease has the claim's
+/// generation claims anything.
+fn claim_sql() -> String {
+    format!(
+        "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1, node_id = $2, \
+             completed_at = NULL, pid = NULL, last_heartbeat = NULL, shim_token = NULL, \
+             progress_percent = NULL, progress_message = NULL, \
+             process_state = CASE WHEN external THEN 'spawning' ELSE NULL END \
+         WHERE id IN (SELECT id FROM jobs WHERE status IN ('pending', 'scheduled') AND run_at <= $1 \
+             AND name = ANY($3) ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+         AND ($5::BIGINT IS NULL OR EXISTS (SELECT 1 FROM nodes \
+             WHERE nodes.id = $2 AND generation = $5 AND NOT fenced AND expires_at > now())) \
+         RETURNING {COLUMNS}"
+    )
+}
+
+fn claim_query<'q>(sql: &'q str, claim: &ClaimRequest) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
+        .bind(claim.now_ms)
+        .bind(claim.node_id.clone())
+        .bind(claim.names.clone())
+        .bind(i64::from(claim.limit))
+        .bind(claim.lease_generation)
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn job_insert(&self, job: &NewJob) -> Result<Job, StoreError> {
-        let sql = format!(
-            "INSERT INTO jobs (id, name, data, status, attempts, max_attempts, created_at, run_at, external, timeout_ms) \
-             VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
-        );
-        let row = sqlx::query(&sql)
-            .bind(&job.id)
-            .bind(&job.name)
-            .bind(job.data.to_string())
-            .bind(job.status.as_str())
-            .bind(to_i32(job.max_attempts))
-            .bind(job.created_at)
-            .bind(job.run_at)
-            .bind(job.external)
-            .bind(job.timeout_ms)
-            .fetch_one(&self.pool)
-            .await?;
+        let row = insert_query(job).fetch_one(&self.pool).await?;
         notify_jobs(&self.pool, &self.channels.jobs).await;
         job_from_row(&row)
+    }
+
+    async fn job_insert_claim(&self, job: &NewJob, claim: &ClaimRequest) -> Result<(Job, Vec<Job>), StoreError> {
+        // One transaction, so the insert and the claim share one commit.
+        let mut transaction = self.pool.begin().await?;
+        let row = insert_query(job).fetch_one(&mut *transaction).await?;
+        let claimed = if claim.names.is_empty() || claim.limit == 0 {
+            Vec::new()
+        } else {
+            claim_query(&claim_sql(), claim).fetch_all(&mut *transaction).await?
+        };
+        transaction.commit().await?;
+        notify_jobs(&self.pool, &self.channels.jobs).await;
+        let mut claimed = claimed.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+        claimed.sort_by(|a, b| (a.run_at, &a.id).cmp(&(b.run_at, &b.id)));
+        Ok((job_from_row(&row)?, claimed))
     }
 
     async fn job_get(&self, id: &str) -> Result<Option<Job>, StoreError> {
@@ -244,25 +292,8 @@ impl Store for PostgresStore {
         if claim.names.is_empty() || claim.limit == 0 {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1, node_id = $2, \
-                 completed_at = NULL, pid = NULL, last_heartbeat = NULL, shim_token = NULL, \
-                 progress_percent = NULL, progress_message = NULL, \
-                 process_state = CASE WHEN external THEN 'spawning' ELSE NULL END \
-             WHERE id IN (SELECT id FROM jobs WHERE status IN ('pending', 'scheduled') AND run_at <= $1 \
-                 AND name = ANY($3) ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
-             AND ($5::BIGINT IS NULL OR EXISTS (SELECT 1 FROM nodes \
-                 WHERE nodes.id = $2 AND generation = $5 AND NOT fenced AND expires_at > now())) \
-             RETURNING {COLUMNS}"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(claim.now_ms)
-            .bind(&claim.node_id)
-            .bind(&claim.names)
-            .bind(i64::from(claim.limit))
-            .bind(claim.lease_generation)
-            .fetch_all(&self.pool)
-            .await?;
+        let sql = claim_sql();
+        let rows = claim_query(&sql, claim).fetch_all(&self.pool).await?;
         let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
         jobs.sort_by(|a, b| (a.run_at, &a.id).cmp(&(b.run_at, &b.id)));
         Ok(jobs)

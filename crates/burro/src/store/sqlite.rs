@@ -1,34 +1,36 @@
 //! The SQLite store: one file in WAL mode.
 //!
 //! SQLite allows one writer at a time, so every write goes through one
-//! connection with group commit (see `group_commit`), and a burst of jobs
-//! queues there instead of failing with "database is locked". Reads use a separate small pool. An
-//! acknowledged enqueue survives a power cut because `synchronous = FULL`.
+//! connection on a thread of its own, with group commit (see `writer`), and
+//! a burst of jobs queues there instead of failing with "database is
+//! locked". Reads use a separate small pool. An acknowledged enqueue
+//! survives a power cut because `synchronous = FULL`.
 
 use super::*;
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use rusqlite::types::ToSql;
 use sqlx::{Row, SqlitePool};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use sqlx::Connection;
 use std::str::FromStr;
 use std::time::Duration;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_CONNECTIONS: u32 = 4;
 
-mod group_commit;
+mod writer;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// [`Store`] on an SQLite file.
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
     reader: SqlitePool,
     /// Writer with group commit, which every write after the migrations
     /// goes through. A second writing connection would wait for the write
     /// lock between group transactions, for up to the busy timeout.
-    group: std::sync::Arc<group_commit::GroupWriter>,
+    writer: std::sync::Arc<writer::Writer>,
 }
 
 /// The statement that writes a batch of live updates, given as one JSON
@@ -102,21 +104,21 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .connect_with(options.clone())
-            .await?;
-        MIGRATOR.run(&writer).await?;
-        let group = std::sync::Arc::new(group_commit::GroupWriter::open(&options).await?);
+        // The migrations run on a connection of their own, closed before
+        // the writer thread opens the file.
+        let mut migrations = sqlx::SqliteConnection::connect_with(&options).await?;
+        MIGRATOR.run(&mut migrations).await?;
+        migrations.close().await?;
+        let file = PathBuf::from(path.split('?').next().unwrap_or(path));
+        let writer = std::sync::Arc::new(writer::Writer::open(file, BUSY_TIMEOUT).await?);
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, reader, group })
+        Ok(Self { reader, writer })
     }
 
-    /// Closes both pools, waiting for queued writes.
+    /// Commits the queued writes and closes the connections.
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
@@ -127,43 +129,121 @@ const COLUMNS: &str = "id, name, data, status, attempts, max_attempts, created_a
     result, error, stack, progress_percent, progress_message, external, pid, process_state, last_heartbeat, \
     timeout_ms, node_id, shim_token";
 
-fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
-    let id: String = row.try_get("id")?;
+/// A row of either driver: the reader pool's (sqlx) or the writer
+/// thread's (rusqlite).
+trait Columns {
+    fn column<T>(&self, name: &str) -> Result<T, StoreError>
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + rusqlite::types::FromSql;
+}
+
+impl Columns for SqliteRow {
+    fn column<T>(&self, name: &str) -> Result<T, StoreError>
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + rusqlite::types::FromSql,
+    {
+        Ok(self.try_get(name)?)
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn column<T>(&self, name: &str) -> Result<T, StoreError>
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + rusqlite::types::FromSql,
+    {
+        Ok(self.get(name)?)
+    }
+}
+
+fn job_from_row(row: &impl Columns) -> Result<Job, StoreError> {
+    let id: String = row.column("id")?;
     let corrupt = |message: String| StoreError::Corrupt { id: id.clone(), message };
-    let data_text: String = row.try_get("data")?;
+    let data_text: String = row.column("data")?;
     let data = serde_json::from_str(&data_text).map_err(|e| corrupt(format!("data is not JSON: {e}")))?;
-    let result_text: Option<String> = row.try_get("result")?;
+    let result_text: Option<String> = row.column("result")?;
     let result = result_text
         .map(|text| serde_json::from_str::<Value>(&text))
         .transpose()
         .map_err(|e| corrupt(format!("result is not JSON: {e}")))?;
-    let status_text: String = row.try_get("status")?;
+    let status_text: String = row.column("status")?;
     let status = JobStatus::from_str(&status_text).map_err(corrupt)?;
-    let process_state: Option<String> = row.try_get("process_state")?;
+    let process_state: Option<String> = row.column("process_state")?;
     Ok(Job {
         id: id.clone(),
-        name: row.try_get("name")?,
+        name: row.column("name")?,
         data,
         status,
-        attempts: row.try_get::<i64, _>("attempts")? as u32,
-        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
-        created_at: row.try_get("created_at")?,
-        run_at: row.try_get("run_at")?,
-        started_at: row.try_get("started_at")?,
-        completed_at: row.try_get("completed_at")?,
+        attempts: row.column::<i64>("attempts")? as u32,
+        max_attempts: row.column::<i64>("max_attempts")? as u32,
+        created_at: row.column("created_at")?,
+        run_at: row.column("run_at")?,
+        started_at: row.column("started_at")?,
+        completed_at: row.column("completed_at")?,
         result,
-        error: row.try_get("error")?,
-        stack: row.try_get("stack")?,
-        progress_percent: row.try_get("progress_percent")?,
-        progress_message: row.try_get("progress_message")?,
-        external: row.try_get::<i64, _>("external")? != 0,
-        pid: row.try_get("pid")?,
+        error: row.column("error")?,
+        stack: row.column("stack")?,
+        progress_percent: row.column("progress_percent")?,
+        progress_message: row.column("progress_message")?,
+        external: row.column::<i64>("external")? != 0,
+        pid: row.column("pid")?,
         process_state: process_state.as_deref().and_then(ProcessState::parse),
-        last_heartbeat: row.try_get("last_heartbeat")?,
-        timeout_ms: row.try_get("timeout_ms")?,
-        node_id: row.try_get("node_id")?,
-        shim_token: row.try_get("shim_token")?,
+        last_heartbeat: row.column("last_heartbeat")?,
+        timeout_ms: row.column("timeout_ms")?,
+        node_id: row.column("node_id")?,
+        shim_token: row.column("shim_token")?,
     })
+}
+
+/// Runs `sql` on the writer's connection and decodes every row it returns
+/// as a job.
+fn jobs_returned(conn: &rusqlite::Connection, sql: &str, params: &[&dyn ToSql]) -> Result<Vec<Job>, StoreError> {
+    let mut statement = conn.prepare_cached(sql)?;
+    let mut rows = statement.query(params)?;
+    let mut jobs = Vec::new();
+    while let Some(row) = rows.next()? {
+        jobs.push(job_from_row(row)?);
+    }
+    Ok(jobs)
+}
+
+/// Inserts `job` on the writer's connection.
+fn insert(conn: &rusqlite::Connection, job: &NewJob) -> Result<Job, StoreError> {
+    let sql = format!(
+        "INSERT INTO jobs (id, name, data, status, attempts, max_attempts, created_at, run_at, external, timeout_ms) \
+         VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?) RETURNING {COLUMNS}"
+    );
+    let data = job.data.to_string();
+    let params: [&dyn ToSql; 9] = [
+        &job.id,
+        &job.name,
+        &data,
+        &job.status.as_str(),
+        &job.max_attempts,
+        &job.created_at,
+        &job.run_at,
+        &job.external,
+        &job.timeout_ms,
+    ];
+    jobs_returned(conn, &sql, &params)?.pop().ok_or_else(|| StoreError::Corrupt {
+        id: job.id.clone(),
+        message: "the insert returned no row".into(),
+    })
+}
+
+/// Claims due jobs on the writer's connection, in no particular order.
+fn claim(conn: &rusqlite::Connection, claim: &ClaimRequest) -> Result<Vec<Job>, StoreError> {
+    if claim.names.is_empty() || claim.limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut params: Vec<&dyn ToSql> = vec![&claim.now_ms, &claim.node_id, &claim.now_ms];
+    params.extend(claim.names.iter().map(|name| name as &dyn ToSql));
+    params.push(&claim.limit);
+    jobs_returned(conn, &claim_sql(claim.names.len()), &params)
+}
+
+/// Runs `sql` on the writer's connection and returns the number of rows it changed.
+fn rows_changed(conn: &rusqlite::Connection, sql: &str, params: &[&dyn ToSql]) -> Result<usize, StoreError> {
+    Ok(conn.prepare_cached(sql)?.execute(params)?)
 }
 
 fn placeholders(count: usize) -> String {
@@ -173,24 +253,15 @@ fn placeholders(count: usize) -> String {
 #[async_trait]
 impl Store for SqliteStore {
     async fn job_insert(&self, job: &NewJob) -> Result<Job, StoreError> {
-        let sql = format!(
-            "INSERT INTO jobs (id, name, data, status, attempts, max_attempts, created_at, run_at, external, timeout_ms) \
-             VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?) RETURNING {COLUMNS}"
-        );
-        let query = sqlx::query(&sql)
-            .bind(&job.id)
-            .bind(&job.name)
-            .bind(job.data.to_string())
-            .bind(job.status.as_str())
-            .bind(i64::from(job.max_attempts))
-            .bind(job.created_at)
-            .bind(job.run_at)
-            .bind(i64::from(job.external))
-            .bind(job.timeout_ms);
-        let mut turn = self.group.turn().await?;
-        let row = query.fetch_one(turn.conn()).await;
-        let row = turn.finish(row).await?;
-        job_from_row(&row)
+        let job = job.clone();
+        self.writer.write(move |conn| insert(conn, &job)).await
+    }
+
+    async fn job_insert_claim(&self, job: &NewJob, claim: &ClaimRequest) -> Result<(Job, Vec<Job>), StoreError> {
+        let (job, claim) = (job.clone(), claim.clone());
+        let (inserted, mut claimed) = self.writer.write(move |conn| Ok((insert(conn, &job)?, self::claim(conn, &claim)?))).await?;
+        claimed.sort_by(|a, b| (a.run_at, &a.id).cmp(&(b.run_at, &b.id)));
+        Ok((inserted, claimed))
     }
 
     async fn job_get(&self, id: &str) -> Result<Option<Job>, StoreError> {
@@ -242,80 +313,80 @@ impl Store for SqliteStore {
         }
         // One UPDATE ... RETURNING on the single writer connection is atomic,
         // so no two claims can return the same job.
-        let sql = claim_sql(claim.names.len());
-        let mut query = sqlx::query(&sql).bind(claim.now_ms).bind(&claim.node_id).bind(claim.now_ms);
-        for name in &claim.names {
-            query = query.bind(name);
-        }
-        let mut turn = self.group.turn().await?;
-        let rows = query.bind(i64::from(claim.limit)).fetch_all(turn.conn()).await;
-        let rows = turn.finish(rows).await?;
-        let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+        let claim = claim.clone();
+        let mut jobs = self.writer.write(move |conn| self::claim(conn, &claim)).await?;
         jobs.sort_by(|a, b| (a.run_at, &a.id).cmp(&(b.run_at, &b.id)));
         Ok(jobs)
     }
 
     async fn job_spawned(&self, update: &SpawnUpdate) -> Result<(), StoreError> {
-        let query = sqlx::query(
-            "UPDATE jobs SET pid = ?, process_state = COALESCE(?, process_state), shim_token = COALESCE(?, shim_token) \
-             WHERE id = ? AND attempts = ? AND status = 'running' AND (? IS NULL OR node_id = ?)",
-        )
-        .bind(update.pid)
-        .bind(update.process_state.map(ProcessState::as_str))
-        .bind(&update.shim_token)
-        .bind(&update.id)
-        .bind(i64::from(update.attempt))
-        .bind(&update.node_id)
-        .bind(&update.node_id);
-        let mut turn = self.group.turn().await?;
-        let outcome = query.execute(turn.conn()).await;
-        turn.finish(outcome).await?;
+        let update = update.clone();
+        self.writer
+            .write(move |conn| {
+                let state = update.process_state.map(ProcessState::as_str);
+                rows_changed(
+                    conn,
+                    "UPDATE jobs SET pid = ?, process_state = COALESCE(?, process_state), shim_token = COALESCE(?, shim_token) \
+                     WHERE id = ? AND attempts = ? AND status = 'running' AND (? IS NULL OR node_id = ?)",
+                    &[&update.pid, &state, &update.shim_token, &update.id, &update.attempt, &update.node_id, &update.node_id],
+                )
+            })
+            .await?;
         Ok(())
     }
 
     async fn job_finish(&self, finish: &JobFinish) -> Result<bool, StoreError> {
         let retrying = finish.status == JobStatus::Scheduled;
         let result = finish.result.as_ref().map(Value::to_string);
-        let query = sqlx::query(
-            "UPDATE jobs SET status = ?, result = ?, error = ?, stack = ?, \
-                 completed_at = CASE WHEN ? THEN NULL ELSE ? END, \
-                 run_at = COALESCE(?, run_at), \
-                 progress_percent = COALESCE(?, progress_percent), \
-                 progress_message = COALESCE(?, progress_message), \
-                 process_state = NULL, shim_token = NULL \
-             WHERE id = ? AND attempts = ? AND status = 'running' AND (? IS NULL OR node_id = ?)",
-        )
-        .bind(finish.status.as_str())
-        .bind(result)
-        .bind(&finish.error)
-        .bind(&finish.stack)
-        .bind(retrying)
-        .bind(finish.now_ms)
-        .bind(finish.run_at)
-        .bind(finish.progress_percent)
-        .bind(&finish.progress_message)
-        .bind(&finish.id)
-        .bind(i64::from(finish.attempt))
-        .bind(&finish.node_id)
-        .bind(&finish.node_id);
-        let mut turn = self.group.turn().await?;
-        let outcome = query.execute(turn.conn()).await;
-        let outcome = turn.finish(outcome).await?;
-        Ok(outcome.rows_affected() == 1)
+        let finish = finish.clone();
+        let changed = self
+            .writer
+            .write(move |conn| {
+                rows_changed(
+                    conn,
+                    "UPDATE jobs SET status = ?, result = ?, error = ?, stack = ?, \
+                         completed_at = CASE WHEN ? THEN NULL ELSE ? END, \
+                         run_at = COALESCE(?, run_at), \
+                         progress_percent = COALESCE(?, progress_percent), \
+                         progress_message = COALESCE(?, progress_message), \
+                         process_state = NULL, shim_token = NULL \
+                     WHERE id = ? AND attempts = ? AND status = 'running' AND (? IS NULL OR node_id = ?)",
+                    &[
+                        &finish.status.as_str(),
+                        &result,
+                        &finish.error,
+                        &finish.stack,
+                        &retrying,
+                        &finish.now_ms,
+                        &finish.run_at,
+                        &finish.progress_percent,
+                        &finish.progress_message,
+                        &finish.id,
+                        &finish.attempt,
+                        &finish.node_id,
+                        &finish.node_id,
+                    ],
+                )
+            })
+            .await?;
+        Ok(changed == 1)
     }
 
     async fn job_requeue(&self, id: &str, attempt: u32) -> Result<bool, StoreError> {
-        let query = sqlx::query(
-            "UPDATE jobs SET status = 'pending', attempts = attempts - 1, started_at = NULL, node_id = NULL, \
-                 process_state = NULL, pid = NULL, shim_token = NULL \
-             WHERE id = ? AND attempts = ? AND status = 'running'",
-        )
-        .bind(id)
-        .bind(i64::from(attempt));
-        let mut turn = self.group.turn().await?;
-        let outcome = query.execute(turn.conn()).await;
-        let outcome = turn.finish(outcome).await?;
-        Ok(outcome.rows_affected() == 1)
+        let id = id.to_string();
+        let changed = self
+            .writer
+            .write(move |conn| {
+                rows_changed(
+                    conn,
+                    "UPDATE jobs SET status = 'pending', attempts = attempts - 1, started_at = NULL, node_id = NULL, \
+                         process_state = NULL, pid = NULL, shim_token = NULL \
+                     WHERE id = ? AND attempts = ? AND status = 'running'",
+                    &[&id, &attempt],
+                )
+            })
+            .await?;
+        Ok(changed == 1)
     }
 
     async fn job_retry(&self, id: &str, now_ms: i64) -> Result<RetryRequest, StoreError> {
@@ -324,10 +395,10 @@ impl Store for SqliteStore {
                  result = NULL, process_state = NULL, pid = NULL \
              WHERE id = ? AND status IN ('failed', 'cancelled') RETURNING {COLUMNS}"
         );
-        let mut turn = self.group.turn().await?;
-        let row = sqlx::query(&sql).bind(now_ms).bind(id).fetch_optional(turn.conn()).await;
-        if let Some(row) = turn.finish(row).await? {
-            return Ok(RetryRequest::Retried(job_from_row(&row)?));
+        let owned_id = id.to_string();
+        let retried = self.writer.write(move |conn| jobs_returned(conn, &sql, &[&now_ms, &owned_id])).await?;
+        if let Some(job) = retried.into_iter().next() {
+            return Ok(RetryRequest::Retried(job));
         }
         // Nothing was written, so the reader sees the job as it is.
         let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = ?");
@@ -361,13 +432,16 @@ impl Store for SqliteStore {
             "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE status IN ({}) AND completed_at < ? LIMIT ?) RETURNING id",
             placeholders(finished.len())
         );
-        let mut query = sqlx::query_scalar::<_, String>(&sql);
-        for status in finished {
-            query = query.bind(status);
-        }
-        let mut turn = self.group.turn().await?;
-        let ids = query.bind(before_ms).bind(i64::from(limit)).fetch_all(turn.conn()).await;
-        turn.finish(ids).await
+        self.writer
+            .write(move |conn| {
+                let mut params: Vec<&dyn ToSql> = finished.iter().map(|status| status as &dyn ToSql).collect();
+                params.push(&before_ms);
+                params.push(&limit);
+                let mut statement = conn.prepare_cached(&sql)?;
+                let ids = statement.query_map(params.as_slice(), |row| row.get::<_, String>(0))?;
+                Ok(ids.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
     }
 
     async fn job_cancel_waiting(&self, id: &str, now_ms: i64) -> Result<CancelWaiting, StoreError> {
@@ -375,10 +449,10 @@ impl Store for SqliteStore {
             "UPDATE jobs SET status = 'cancelled', completed_at = ? \
              WHERE id = ? AND status IN ('pending', 'scheduled') RETURNING {COLUMNS}"
         );
-        let mut turn = self.group.turn().await?;
-        let row = sqlx::query(&sql).bind(now_ms).bind(id).fetch_optional(turn.conn()).await;
-        if let Some(row) = turn.finish(row).await? {
-            return Ok(CancelWaiting::Cancelled(job_from_row(&row)?));
+        let owned_id = id.to_string();
+        let cancelled = self.writer.write(move |conn| jobs_returned(conn, &sql, &[&now_ms, &owned_id])).await?;
+        if let Some(job) = cancelled.into_iter().next() {
+            return Ok(CancelWaiting::Cancelled(job));
         }
         // Nothing was written, and every acknowledged write is committed,
         // so the reader sees the job as it is.
@@ -413,15 +487,11 @@ impl Store for SqliteStore {
             })
             .collect();
         let batch = serde_json::Value::Array(rows).to_string();
-        let mut turn = self.group.turn().await?;
-        let result = sqlx::query(LIVE_FLUSH_SQL)
-        .bind(batch)
-        .bind(node_id)
-        .bind(node_id)
-        .execute(turn.conn())
-        .await
-        .map(|_| ());
-        turn.finish(result).await
+        let node_id = node_id.map(String::from);
+        self.writer
+            .write(move |conn| rows_changed(conn, LIVE_FLUSH_SQL, &[&batch, &node_id, &node_id]))
+            .await?;
+        Ok(())
     }
 
     async fn jobs_running(&self, node_id: &str) -> Result<Vec<Job>, StoreError> {
