@@ -153,6 +153,41 @@ async fn claim_respects_names_and_due_time(store: Arc<dyn Store>) {
     assert!(store.job_claim(&claim(&[], 10, 9000)).await.unwrap().is_empty());
 }
 
+async fn insert_claim_takes_the_oldest_due_job(store: Arc<dyn Store>) {
+    store.job_insert(&new_job("older", "resize", JobStatus::Pending, 1000)).await.unwrap();
+    let (inserted, claimed) = store
+        .job_insert_claim(&new_job("newer", "resize", JobStatus::Pending, 1500), &claim(&["resize"], 1, 2000))
+        .await
+        .unwrap();
+    assert_eq!(inserted.id, "newer");
+    assert_eq!(inserted.status, JobStatus::Pending, "the insert returns the row as inserted");
+    assert_eq!(claimed.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), ["older"]);
+    assert_eq!(claimed[0].status, JobStatus::Running);
+    assert_eq!(claimed[0].attempts, 1);
+
+    // With nothing older waiting, the claim takes the new job itself.
+    let (_, claimed) = store
+        .job_insert_claim(&new_job("alone", "ext", JobStatus::Pending, 1600), &claim(&["ext"], 1, 2000))
+        .await
+        .unwrap();
+    assert_eq!(claimed.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), ["alone"]);
+    assert_eq!(store.job_get("alone").await.unwrap().unwrap().status, JobStatus::Running);
+
+    // A job scheduled for later is stored and not claimed; "newer" is still waiting.
+    let (_, claimed) = store
+        .job_insert_claim(&new_job("later", "resize", JobStatus::Scheduled, 9000), &claim(&["resize"], 5, 2000))
+        .await
+        .unwrap();
+    assert_eq!(claimed.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), ["newer"]);
+    assert_eq!(store.job_get("later").await.unwrap().unwrap().status, JobStatus::Scheduled);
+
+    // A duplicate id fails, and its claim takes nothing.
+    store.job_insert(&new_job("waiting", "resize", JobStatus::Pending, 1700)).await.unwrap();
+    let duplicate = store.job_insert_claim(&new_job("alone", "resize", JobStatus::Pending, 1800), &claim(&["resize"], 5, 2000)).await;
+    assert!(duplicate.is_err(), "a duplicate id must fail: {duplicate:?}");
+    assert_eq!(store.job_get("waiting").await.unwrap().unwrap().status, JobStatus::Pending);
+}
+
 fn finish(id: &str, attempt: u32, status: JobStatus) -> JobFinish {
     JobFinish {
         id: id.into(),
@@ -487,6 +522,7 @@ conformance!(
     insert_get_and_list,
     claim_takes_each_job_once,
     claim_respects_names_and_due_time,
+    insert_claim_takes_the_oldest_due_job,
     finish_retry_and_complete,
     cancel_only_waiting_jobs,
     live_updates_and_running_jobs,
