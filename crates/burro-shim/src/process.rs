@@ -52,19 +52,11 @@ pub fn build_command(spec: &ShimSpec, message_fd: Option<RawFd>) -> Command {
             });
         }
     }
+    // The pipe's write end is created inheritable (see `message_pipe`), so
+    // no pre_exec hook is needed for it. Without hooks, std starts the job
+    // with posix_spawn, which does not copy the shim's page tables as fork does.
     if let Some(fd) = message_fd {
         command.env(MESSAGE_FD_VAR, fd.to_string());
-        // SAFETY: the closure only calls fcntl, which is async-signal-safe,
-        // on a descriptor that stays open in the parent until after spawn.
-        unsafe {
-            command.pre_exec(move || {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
     }
     command
 }
@@ -98,6 +90,21 @@ fn drop_privileges(identity: RunAs) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Creates the job's message pipe: a read end closed on exec and a write
+/// end the job inherits. The shim starts one process, from one thread, and
+/// closes its copy of the write end right after, so only the job holds it.
+pub fn message_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = pipe_cloexec()?;
+    // SAFETY: F_GETFD and F_SETFD on a descriptor this function owns.
+    unsafe {
+        let flags = libc::fcntl(write.as_raw_fd(), libc::F_GETFD);
+        if flags < 0 || libc::fcntl(write.as_raw_fd(), libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok((read, write))
 }
 
 /// Creates a pipe whose both ends are close-on-exec.

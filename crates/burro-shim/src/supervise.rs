@@ -69,7 +69,7 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
     };
 
     let message_pipe = if spec.message_fd {
-        match process::pipe_cloexec() {
+        match process::message_pipe() {
             Ok(pipe) => Some(pipe),
             Err(err) => {
                 remove_socket(&socket_file);
