@@ -25,28 +25,33 @@ pub(crate) async fn dispatcher(shared: Arc<Shared>) {
             return;
         }
         let names = registered_names(&shared);
-        // The slots are taken before the claim, because an enqueue may
-        // claim a job into a free slot meanwhile.
-        let mut permits = if names.is_empty() { Vec::new() } else { free_slots(&shared) };
-        let free = permits.len();
-        let mut claimed_all_free = false;
-        if free > 0 {
-            let request = claim_request(&shared, names.clone(), free as u32);
-            match shared.store.job_claim(&request).await {
-                Ok(jobs) => {
+        let mut sleep = shared.settings.poll_interval;
+        if !names.is_empty() && shared.slots.available_permits() > 0 {
+            // A read comes first. The claim is a write, and it holds the
+            // free slots, which an enqueue would otherwise claim a job into.
+            let claimed = match shared.store.job_next_run_at(&names).await {
+                Ok(Some(next)) if next <= now_ms() => claim_due(&shared, names).await,
+                Ok(next) => {
+                    if let Some(next) = next {
+                        let until = Duration::from_millis((next - now_ms()).max(0) as u64);
+                        sleep = sleep.min(until.max(Duration::from_millis(5)));
+                    }
+                    Ok(Claimed::NothingDue)
+                }
+                Err(err) => Err(err),
+            };
+            match claimed {
+                Ok(claimed) => {
                     if failing {
                         tracing::info!("claiming jobs works again");
                         failing = false;
                     }
-                    claimed_all_free = jobs.len() == free;
-                    for job in jobs {
-                        let permit = permits.pop().expect("the claim returns at most one job per slot");
-                        start_claimed(&shared, job, permit);
+                    // Slots are left and more jobs may be due: look again.
+                    if claimed == Claimed::SomeSlotsLeft {
+                        continue;
                     }
-                    drop(permits);
                 }
                 Err(err) => {
-                    drop(permits);
                     shared.metrics.store_error();
                     if !failing {
                         tracing::error!(error = %err, "claiming jobs failed; retrying every second");
@@ -60,20 +65,43 @@ pub(crate) async fn dispatcher(shared: Arc<Shared>) {
                 }
             }
         }
-
-        let mut sleep = shared.settings.poll_interval;
-        if free > 0 && !claimed_all_free {
-            if let Ok(Some(next)) = shared.store.job_next_run_at(&names).await {
-                let until = Duration::from_millis((next - now_ms()).max(0) as u64);
-                sleep = sleep.min(until.max(Duration::from_millis(5)));
-            }
-        }
         tokio::select! {
             _ = shared.wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
             _ = shared.shutdown.cancelled() => return,
         }
     }
+}
+
+/// What one claim of the dispatcher did.
+#[derive(Debug, PartialEq, Eq)]
+enum Claimed {
+    NothingDue,
+    /// Jobs were claimed, and slots are still free.
+    SomeSlotsLeft,
+    /// Every free slot got a job, or no job was claimed.
+    Done,
+}
+
+/// Claims due jobs into every free slot and starts them.
+async fn claim_due(shared: &Arc<Shared>, names: Vec<String>) -> Result<Claimed, crate::store::StoreError> {
+    // The slots are taken before the claim, because an enqueue may claim a
+    // job into a free slot meanwhile.
+    let mut permits = free_slots(shared);
+    if permits.is_empty() {
+        return Ok(Claimed::Done);
+    }
+    let free = permits.len();
+    let jobs = shared.store.job_claim(&claim_request(shared, names, free as u32)).await?;
+    let claimed = jobs.len();
+    for job in jobs {
+        let permit = permits.pop().expect("the claim returns at most one job per slot");
+        start_claimed(shared, job, permit);
+    }
+    // A claim that takes nothing although a job looked due (another node
+    // took it, or this node's lease is not valid) waits for the next wake
+    // instead of trying again at once.
+    Ok(if claimed > 0 && claimed < free { Claimed::SomeSlotsLeft } else { Claimed::Done })
 }
 
 /// Returns the job names registered on this server.
