@@ -129,6 +129,7 @@ async fn an_expired_node_is_rescued_once_and_fenced() {
         run_at: None,
         progress_percent: None,
         progress_message: None,
+        pid: None,
         node_id: Some("a".into()),
     };
     assert!(

@@ -200,6 +200,7 @@ fn finish(id: &str, attempt: u32, status: JobStatus) -> JobFinish {
         run_at: None,
         progress_percent: None,
         progress_message: None,
+        pid: None,
         node_id: None,
     }
 }
@@ -254,7 +255,10 @@ async fn live_updates_and_running_jobs(store: Arc<dyn Store>) {
     store.job_insert(&new_job("l", "ext", JobStatus::Pending, 1000)).await.unwrap();
     store.job_insert(&new_job("done", "ext", JobStatus::Pending, 1000)).await.unwrap();
     store.job_claim(&claim(&["ext"], 2, 1000)).await.unwrap();
-    store.job_finish(&finish("done", 1, JobStatus::Completed)).await.unwrap();
+    let mut end = finish("done", 1, JobStatus::Completed);
+    end.pid = Some(77);
+    store.job_finish(&end).await.unwrap();
+    assert_eq!(store.job_get("done").await.unwrap().unwrap().pid, Some(77), "the end writes the pid the flush had not");
     let spawned = SpawnUpdate {
         id: "l".into(),
         attempt: 1,
@@ -271,6 +275,7 @@ async fn live_updates_and_running_jobs(store: Arc<dyn Store>) {
             progress_message: Some("half".into()),
             last_heartbeat: Some(1500),
             process_state: None,
+            pid: Some(5151),
         },
         LiveUpdate {
             id: "done".into(),
@@ -278,6 +283,7 @@ async fn live_updates_and_running_jobs(store: Arc<dyn Store>) {
             progress_message: None,
             last_heartbeat: None,
             process_state: None,
+            pid: None,
         },
     ];
     store
@@ -290,6 +296,7 @@ async fn live_updates_and_running_jobs(store: Arc<dyn Store>) {
         progress_message: None,
         last_heartbeat: None,
         process_state: None,
+        pid: None,
     }];
     store
         .jobs_live_flush(Some("node-b"), &other_node)
@@ -303,7 +310,7 @@ async fn live_updates_and_running_jobs(store: Arc<dyn Store>) {
     );
     assert_eq!(job.progress_message.as_deref(), Some("half"));
     assert_eq!(job.last_heartbeat, Some(1500));
-    assert_eq!(job.pid, Some(4242));
+    assert_eq!(job.pid, Some(5151), "the flush writes the pid");
     assert_eq!(job.process_state, Some(ProcessState::Running));
     assert_eq!(job.shim_token.as_deref(), Some("token"));
     assert_eq!(store.job_get("done").await.unwrap().unwrap().progress_percent, None, "finished jobs are not updated");
@@ -333,6 +340,7 @@ async fn live_flush_of_many_jobs(store: Arc<dyn Store>) {
             progress_message: Some(format!("step \"{i}\" of 300, é ✓ {{\"json\": [1]}}")),
             last_heartbeat: Some(10_000 + i as i64),
             process_state: Some(ProcessState::Running),
+            pid: Some(20_000 + i as i64),
         })
         .collect();
     store.jobs_live_flush(None, &first).await.unwrap();
@@ -345,6 +353,7 @@ async fn live_flush_of_many_jobs(store: Arc<dyn Store>) {
             progress_message: None,
             last_heartbeat: Some(20_000),
             process_state: None,
+            pid: None,
         })
         .collect();
     store.jobs_live_flush(None, &heartbeats).await.unwrap();
@@ -354,6 +363,7 @@ async fn live_flush_of_many_jobs(store: Arc<dyn Store>) {
         assert_eq!(job.progress_message, Some(format!("step \"{i}\" of 300, é ✓ {{\"json\": [1]}}")), "message of {id}");
         assert_eq!(job.last_heartbeat, Some(20_000), "heartbeat of {id}");
         assert_eq!(job.process_state, Some(ProcessState::Running), "state of {id}");
+        assert_eq!(job.pid, Some(20_000 + i as i64), "pid of {id}");
     }
     let whole = vec![LiveUpdate {
         id: ids[0].clone(),
@@ -361,6 +371,7 @@ async fn live_flush_of_many_jobs(store: Arc<dyn Store>) {
         progress_message: None,
         last_heartbeat: None,
         process_state: Some(ProcessState::Reconnecting),
+        pid: None,
     }];
     store.jobs_live_flush(None, &whole).await.unwrap();
     let job = store.job_get(&ids[0]).await.unwrap().unwrap();

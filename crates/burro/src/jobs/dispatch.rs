@@ -355,6 +355,7 @@ async fn store_end(shared: &Arc<Shared>, job: &Job, outcome: Outcome) -> Vec<(St
         run_at: None,
         progress_percent: live.progress_percent,
         progress_message: live.progress_message.clone(),
+        pid: live.pid,
         node_id: Some(shared.settings.node_id.clone()),
     };
     let (id, name, attempt) = (&job.id, &job.name, job.attempts);

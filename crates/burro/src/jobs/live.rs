@@ -60,6 +60,7 @@ impl Live {
                     progress_message: None,
                     last_heartbeat: None,
                     process_state: None,
+                    pid: None,
                 },
             );
         }
@@ -99,10 +100,13 @@ impl Live {
         });
     }
 
-    /// Records the pid shown for the job (not written by the flush).
+    /// Records the job's pid. The flush writes it with the other values,
+    /// instead of a write of its own for every job.
     pub fn pid(&self, id: &str, pid: Option<i64>) {
-        let mut state = self.state.lock().expect("live state lock");
-        state.current.entry(id.to_string()).or_default().pid = pid;
+        self.update(id, |values, update| {
+            values.pid = pid;
+            update.pid = pid;
+        });
     }
 
     /// Returns the live values of a running job.

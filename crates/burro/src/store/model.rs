@@ -201,6 +201,8 @@ pub struct JobFinish {
     /// Last progress of the attempt, flushed with the final state.
     pub progress_percent: Option<f64>,
     pub progress_message: Option<String>,
+    /// The job's pid, when known and not flushed yet.
+    pub pid: Option<i64>,
     /// When set, applies only while the job is owned by this node: a node
     /// whose jobs were rescued by another cannot record their end.
     pub node_id: Option<String>,
@@ -240,6 +242,7 @@ pub struct LiveUpdate {
     pub progress_message: Option<String>,
     pub last_heartbeat: Option<i64>,
     pub process_state: Option<ProcessState>,
+    pub pid: Option<i64>,
 }
 
 /// The lease of a server node on a shared store, as listed.

@@ -324,7 +324,7 @@ impl Store for PostgresStore {
                  run_at = COALESCE($7, run_at), \
                  progress_percent = COALESCE($8, progress_percent), \
                  progress_message = COALESCE($9, progress_message), \
-                 process_state = NULL, shim_token = NULL \
+                 pid = COALESCE($13, pid), process_state = NULL, shim_token = NULL \
              WHERE id = $10 AND attempts = $11 AND status = 'running' AND ($12::TEXT IS NULL OR node_id = $12)",
         )
         .bind(finish.status.as_str())
@@ -339,6 +339,7 @@ impl Store for PostgresStore {
         .bind(&finish.id)
         .bind(to_i32(finish.attempt))
         .bind(&finish.node_id)
+        .bind(finish.pid)
         .execute(&self.pool)
         .await?;
         Ok(outcome.rows_affected() == 1)
@@ -439,13 +440,15 @@ impl Store for PostgresStore {
         let messages: Vec<Option<&str>> = updates.iter().map(|update| update.progress_message.as_deref()).collect();
         let heartbeats: Vec<Option<i64>> = updates.iter().map(|update| update.last_heartbeat).collect();
         let states: Vec<Option<&str>> = updates.iter().map(|update| update.process_state.map(ProcessState::as_str)).collect();
+        let pids: Vec<Option<i64>> = updates.iter().map(|update| update.pid).collect();
         sqlx::query(
             "UPDATE jobs SET progress_percent = COALESCE(u.percent, jobs.progress_percent), \
                  progress_message = COALESCE(u.message, jobs.progress_message), \
                  last_heartbeat = COALESCE(u.heartbeat, jobs.last_heartbeat), \
-                 process_state = COALESCE(u.state, jobs.process_state) \
-             FROM UNNEST($1::TEXT[], $2::DOUBLE PRECISION[], $3::TEXT[], $4::BIGINT[], $5::TEXT[]) \
-                  AS u(id, percent, message, heartbeat, state) \
+                 process_state = COALESCE(u.state, jobs.process_state), \
+                 pid = COALESCE(u.pid, jobs.pid) \
+             FROM UNNEST($1::TEXT[], $2::DOUBLE PRECISION[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], $7::BIGINT[]) \
+                  AS u(id, percent, message, heartbeat, state, pid) \
              WHERE jobs.id = u.id AND jobs.status = 'running' AND ($6::TEXT IS NULL OR jobs.node_id = $6)",
         )
         .bind(&ids)
@@ -454,6 +457,7 @@ impl Store for PostgresStore {
         .bind(&heartbeats)
         .bind(&states)
         .bind(node_id)
+        .bind(&pids)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -40,10 +40,11 @@ pub struct SqliteStore {
 const LIVE_FLUSH_SQL: &str = "UPDATE jobs SET progress_percent = COALESCE(u.percent, jobs.progress_percent), \
          progress_message = COALESCE(u.message, jobs.progress_message), \
          last_heartbeat = COALESCE(u.heartbeat, jobs.last_heartbeat), \
-         process_state = COALESCE(u.state, jobs.process_state) \
+         process_state = COALESCE(u.state, jobs.process_state), \
+         pid = COALESCE(u.pid, jobs.pid) \
      FROM (SELECT value ->> '$.id' AS id, value ->> '$.percent' AS percent, \
                   value ->> '$.message' AS message, value ->> '$.heartbeat' AS heartbeat, \
-                  value ->> '$.state' AS state FROM json_each(?)) AS u \
+                  value ->> '$.state' AS state, value ->> '$.pid' AS pid FROM json_each(?)) AS u \
      WHERE jobs.id = u.id AND +jobs.status = 'running' AND (? IS NULL OR jobs.node_id = ?)";
 
 /// Returns the claim statement for `names` job names. The waiting jobs
@@ -349,7 +350,7 @@ impl Store for SqliteStore {
                          run_at = COALESCE(?, run_at), \
                          progress_percent = COALESCE(?, progress_percent), \
                          progress_message = COALESCE(?, progress_message), \
-                         process_state = NULL, shim_token = NULL \
+                         pid = COALESCE(?, pid), process_state = NULL, shim_token = NULL \
                      WHERE id = ? AND attempts = ? AND status = 'running' AND (? IS NULL OR node_id = ?)",
                     &[
                         &finish.status.as_str(),
@@ -361,6 +362,7 @@ impl Store for SqliteStore {
                         &finish.run_at,
                         &finish.progress_percent,
                         &finish.progress_message,
+                        &finish.pid,
                         &finish.id,
                         &finish.attempt,
                         &finish.node_id,
@@ -483,6 +485,7 @@ impl Store for SqliteStore {
                     "message": update.progress_message,
                     "heartbeat": update.last_heartbeat,
                     "state": update.process_state.map(ProcessState::as_str),
+                    "pid": update.pid,
                 })
             })
             .collect();

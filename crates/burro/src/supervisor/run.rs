@@ -4,7 +4,7 @@
 use super::Inner;
 use crate::clock::now_ms;
 use crate::jobs::{ExitSummary, ExternalJob, KillReason, LogEntry, LogWriter, Terminal};
-use crate::store::{Job, ProcessState, SpawnUpdate};
+use crate::store::{Job, ProcessState};
 use burro_protocol::control::{Hello, ServerFrame, ShimFrame, Welcome, CONTROL_VERSION};
 use burro_protocol::{parse_line, JobMessage};
 use serde_json::{json, Value};
@@ -395,26 +395,10 @@ impl Run {
         }
     }
 
-    /// Applies the handshake: records the job's pid. The store write runs on
-    /// its own task, because nothing depends on it and the job's first
-    /// messages should not wait for a commit.
+    /// Applies the handshake: records the job's pid in the live state,
+    /// which the next flush or the attempt's end writes to the store.
     pub fn on_hello(&self, inner: &Inner, hello: &Hello) {
-        let pid = hello.child_pid.map(i64::from);
-        inner.live.pid(&self.job_id, pid);
-        let update = SpawnUpdate {
-            id: self.job_id.clone(),
-            attempt: self.attempt,
-            pid,
-            process_state: None,
-            shim_token: None,
-            node_id: None,
-        };
-        let store = inner.store.clone();
-        tokio::spawn(async move {
-            if let Err(err) = store.job_spawned(&update).await {
-                tracing::warn!(job_id = %update.id, error = %err, "recording the job's pid failed");
-            }
-        });
+        inner.live.pid(&self.job_id, hello.child_pid.map(i64::from));
     }
 
     /// Applies one frame forwarded by the shim.
