@@ -1,5 +1,6 @@
-//! Group commit of the SQLite store: concurrent writes share transactions,
-//! and a failed write fails alone.
+//! The SQLite store's writer: concurrent writes share transactions, a
+//! failed write fails alone, URL options reach it, and it refuses writes
+//! once closed.
 
 use burro::store::{JobStatus, ListQuery, NewJob, SqliteStore, Store};
 use serde_json::json;
@@ -71,4 +72,30 @@ async fn write_after_failed_write_commits() {
     let reopened = SqliteStore::open(&url).await.unwrap();
     assert!(reopened.job_get("a").await.unwrap().is_some());
     assert!(reopened.job_get("b").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_options_and_odd_paths_reach_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    // `%` and `#` are escaped in the writer's URI filename.
+    let path = dir.path().join("100% #1.db");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let store = SqliteStore::open(&url).await.unwrap();
+    store.job_insert(&new_job("a")).await.unwrap();
+    store.close().await;
+    drop(store);
+    assert!(path.exists(), "the writer wrote another file than {}", path.display());
+
+    let reopened = SqliteStore::open(&format!("sqlite://{}", path.display())).await.unwrap();
+    assert!(reopened.job_get("a").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_after_close_fail_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
+    let store = SqliteStore::open(&url).await.unwrap();
+    store.close().await;
+    let error = store.job_insert(&new_job("late")).await.unwrap_err().to_string();
+    assert!(error.contains("closed"), "unexpected error: {error}");
 }

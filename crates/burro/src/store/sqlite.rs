@@ -11,7 +11,7 @@ use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use rusqlite::types::ToSql;
 use sqlx::{Row, SqlitePool};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use sqlx::Connection;
 use std::str::FromStr;
 use std::time::Duration;
@@ -110,8 +110,7 @@ impl SqliteStore {
         let mut migrations = sqlx::SqliteConnection::connect_with(&options).await?;
         MIGRATOR.run(&mut migrations).await?;
         migrations.close().await?;
-        let file = PathBuf::from(path.split('?').next().unwrap_or(path));
-        let writer = std::sync::Arc::new(writer::Writer::open(file, BUSY_TIMEOUT).await?);
+        let writer = std::sync::Arc::new(writer::Writer::open(writer::uri(path), BUSY_TIMEOUT).await?);
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .connect_with(options.read_only(true))

@@ -18,7 +18,6 @@
 
 use crate::store::StoreError;
 use rusqlite::Connection;
-use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,14 +54,14 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Opens the database file at `path` on a new writer thread. The file
-    /// and its tables exist already.
-    pub async fn open(path: PathBuf, busy_timeout: Duration) -> Result<Self, StoreError> {
+    /// Opens the database at `uri` (see [`uri`]) on a new writer thread.
+    /// The file and its tables exist already.
+    pub async fn open(uri: String, busy_timeout: Duration) -> Result<Self, StoreError> {
         let (requests, queue) = mpsc::channel();
         let (opened_tx, opened) = oneshot::channel();
         std::thread::Builder::new()
             .name("burro-sqlite-writer".into())
-            .spawn(move || match open_connection(&path, busy_timeout) {
+            .spawn(move || match open_connection(&uri, busy_timeout) {
                 Ok(conn) => {
                     let _ = opened_tx.send(Ok(()));
                     serve(&conn, &queue);
@@ -143,8 +142,30 @@ impl Writer {
     }
 }
 
-fn open_connection(path: &std::path::Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+/// Turns the part of a `sqlite://` URL after the scheme, `PATH[?OPTIONS]`,
+/// into an SQLite URI filename, so the writer honours the same options
+/// (`mode`, `cache`, `immutable`, `vfs`) as the readers.
+pub(crate) fn uri(path_and_options: &str) -> String {
+    let (path, options) = match path_and_options.split_once('?') {
+        Some((path, options)) => (path, Some(options)),
+        None => (path_and_options, None),
+    };
+    // In a URI filename, `%` starts an escape, `?` the options and `#` a fragment.
+    let mut uri = format!("file:{}", path.replace('%', "%25").replace('?', "%3F").replace('#', "%23"));
+    if let Some(options) = options {
+        uri.push('?');
+        uri.push_str(options);
+    }
+    uri
+}
+
+fn open_connection(uri: &str, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    // CREATE only permits `mode=rwc`: the migrations created the file already.
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+        | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(uri, flags)?;
     conn.busy_timeout(busy_timeout)?;
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON")?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -237,4 +258,16 @@ fn commit(conn: &Connection, pending: &mut Vec<Completion>) {
 
 fn io_error(message: String) -> StoreError {
     StoreError::Database(sqlx::Error::Io(std::io::Error::other(message)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uri;
+
+    #[test]
+    fn uri_escapes_the_path_and_keeps_the_options() {
+        assert_eq!(uri("/data/jobs.db"), "file:/data/jobs.db");
+        assert_eq!(uri("/d/100%#1.db?mode=rwc"), "file:/d/100%25%231.db?mode=rwc");
+        assert_eq!(uri("rel/é.db"), "file:rel/é.db");
+    }
 }
