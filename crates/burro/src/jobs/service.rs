@@ -348,12 +348,25 @@ impl Jobs {
         // job then starts without waiting for the dispatcher's own write.
         let job = match self.free_slot_for(&new_job) {
             Some(permit) => {
-                let claim = super::dispatch::claim_request(&self.shared, super::dispatch::registered_names(&self.shared), 1);
-                let (job, claimed) = self.shared.store.job_insert_claim(&new_job, &claim).await?;
-                if let Some(claimed) = claimed.into_iter().next() {
-                    super::dispatch::start_claimed(&self.shared, claimed, permit);
+                // A task of its own runs the claim and starts the claimed
+                // job, so a caller that goes away meanwhile (an HTTP client
+                // that disconnects) cannot leave a committed claim unstarted.
+                let shared = self.shared.clone();
+                let claim = super::dispatch::claim_request(&shared, super::dispatch::registered_names(&shared), 1);
+                let insert = tokio::spawn(async move {
+                    let (job, claimed) = shared.store.job_insert_claim(&new_job, &claim).await?;
+                    if let Some(claimed) = claimed.into_iter().next() {
+                        super::dispatch::start_claimed(&shared, claimed, permit);
+                    }
+                    Ok::<_, crate::store::StoreError>(job)
+                });
+                match insert.await {
+                    Ok(inserted) => inserted?,
+                    Err(err) => {
+                        let failure = std::io::Error::other(format!("the enqueue task failed: {err}"));
+                        return Err(JobsError::Store(crate::store::StoreError::Database(sqlx::Error::Io(failure))));
+                    }
                 }
-                job
             }
             None => self.shared.store.job_insert(&new_job).await?,
         };
