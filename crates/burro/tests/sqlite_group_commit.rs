@@ -99,3 +99,36 @@ async fn writes_after_close_fail_with_a_message() {
     let error = store.job_insert(&new_job("late")).await.unwrap_err().to_string();
     assert!(error.contains("closed"), "unexpected error: {error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn percent_escapes_name_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // The driver decodes `%41` to `A`: every connection must use `pA/jobs.db`.
+    let url = format!("sqlite://{}/p%41/jobs.db", dir.path().display());
+    let store = SqliteStore::open(&url).await.unwrap();
+    store.job_insert(&new_job("a")).await.unwrap();
+    assert!(store.job_get("a").await.unwrap().is_some(), "the readers see another file than the writer");
+    store.close().await;
+    assert!(dir.path().join("pA/jobs.db").exists());
+    assert!(!dir.path().join("p%41").exists(), "a directory was created under the encoded name");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_database_is_shared() {
+    let store = SqliteStore::open("sqlite://:memory:").await.unwrap();
+    store.job_insert(&new_job("a")).await.unwrap();
+    let job = store.job_get("a").await.unwrap();
+    assert!(job.is_some(), "the readers do not see the writer's in-memory database");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_dir_with_percent_sign() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = burro::config::Config::default();
+    config.server.data_dir = dir.path().join("100% #1");
+    let url = config.database_url();
+    let store = SqliteStore::open(&url).await.unwrap();
+    store.job_insert(&new_job("a")).await.unwrap();
+    store.close().await;
+    assert!(dir.path().join("100% #1/jobs.db").exists(), "URL {url} named another file");
+}

@@ -557,11 +557,13 @@ impl Config {
     }
 
     /// Returns the database URL, `sqlite://<data_dir>/jobs.db` unless set.
+    /// The path is percent-encoded where a URL needs it (`%`, `?`, `#`),
+    /// because the SQLite driver decodes it.
     pub fn database_url(&self) -> String {
-        self.server
-            .database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", self.server.data_dir.join("jobs.db").display()))
+        self.server.database_url.clone().unwrap_or_else(|| {
+            let path = self.server.data_dir.join("jobs.db").display().to_string();
+            format!("sqlite://{}", path.replace('%', "%25").replace('?', "%3F").replace('#', "%23"))
+        })
     }
 }
 

@@ -18,6 +18,7 @@
 
 use crate::store::StoreError;
 use rusqlite::Connection;
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,14 +55,14 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Opens the database at `uri` (see [`uri`]) on a new writer thread.
-    /// The file and its tables exist already.
-    pub async fn open(uri: String, busy_timeout: Duration) -> Result<Self, StoreError> {
+    /// Opens the database of `target` on a new writer thread. The database
+    /// and its tables exist already.
+    pub async fn open(target: Target, busy_timeout: Duration) -> Result<Self, StoreError> {
         let (requests, queue) = mpsc::channel();
         let (opened_tx, opened) = oneshot::channel();
         std::thread::Builder::new()
             .name("burro-sqlite-writer".into())
-            .spawn(move || match open_connection(&uri, busy_timeout) {
+            .spawn(move || match open_connection(&target, busy_timeout) {
                 Ok(conn) => {
                     let _ = opened_tx.send(Ok(()));
                     serve(&conn, &queue);
@@ -88,6 +89,25 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.queue(true, write).await
+    }
+
+    /// Runs a write of exactly one statement, which cannot fail after that
+    /// statement has changed the database, like [`Writer::write`] but
+    /// without a savepoint: SQLite undoes a failed statement by itself.
+    pub async fn write_statement<T, F>(&self, write: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.queue(false, write).await
+    }
+
+    async fn queue<T, F>(&self, savepoint: bool, write: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel::<Result<T, StoreError>>();
         let queued: Write = Box::new(move |conn| {
             if reply.is_closed() {
@@ -100,25 +120,31 @@ impl Writer {
                     return None;
                 }
             };
-            if let Err(err) = conn.execute_batch("SAVEPOINT write") {
-                let _ = reply.send(Err(err.into()));
-                return None;
+            if savepoint {
+                if let Err(err) = run_cached(conn, "SAVEPOINT write") {
+                    let _ = reply.send(Err(err.into()));
+                    return None;
+                }
             }
             match write(conn) {
-                Ok(value) => match conn.execute_batch("RELEASE write") {
-                    Ok(()) => Some(Box::new(move |outcome: CommitOutcome| {
-                        let _ = reply.send(outcome.map(|()| value).map_err(|message| io_error(format!("committing the write failed: {message}"))));
-                    })),
-                    Err(err) => {
-                        let _ = reply.send(Err(err.into()));
-                        None
+                Ok(value) => {
+                    if savepoint {
+                        if let Err(err) = run_cached(conn, "RELEASE write") {
+                            let _ = reply.send(Err(err.into()));
+                            return None;
+                        }
                     }
-                },
+                    Some(Box::new(move |outcome: CommitOutcome| {
+                        let _ = reply.send(outcome.map(|()| value).map_err(|message| io_error(format!("committing the write failed: {message}"))));
+                    }))
+                }
                 Err(err) => {
                     // When SQLite has already rolled back the whole
                     // transaction (after an I/O error, say), this fails, and
                     // the thread finds the transaction gone before the next write.
-                    let _ = conn.execute_batch("ROLLBACK TO write; RELEASE write");
+                    if savepoint {
+                        let _ = conn.execute_batch("ROLLBACK TO write; RELEASE write");
+                    }
                     let _ = reply.send(Err(err));
                     None
                 }
@@ -142,30 +168,63 @@ impl Writer {
     }
 }
 
-/// Turns the part of a `sqlite://` URL after the scheme, `PATH[?OPTIONS]`,
-/// into an SQLite URI filename, so the writer honours the same options
-/// (`mode`, `cache`, `immutable`, `vfs`) as the readers.
-pub(crate) fn uri(path_and_options: &str) -> String {
-    let (path, options) = match path_and_options.split_once('?') {
-        Some((path, options)) => (path, Some(options)),
-        None => (path_and_options, None),
-    };
-    // In a URI filename, `%` starts an escape, `?` the options and `#` a fragment.
-    let mut uri = format!("file:{}", path.replace('%', "%25").replace('?', "%3F").replace('#', "%23"));
-    if let Some(options) = options {
-        uri.push('?');
-        uri.push_str(options);
-    }
-    uri
+/// The database the writer opens: the file, or the shared in-memory
+/// database, that sqlx opened for the same URL.
+pub(crate) struct Target {
+    /// An SQLite URI filename.
+    uri: String,
+    in_memory: bool,
+    file: Option<std::path::PathBuf>,
 }
 
-fn open_connection(uri: &str, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+impl Target {
+    /// Builds the target from the part of a `sqlite://` URL after the
+    /// scheme, `PATH[?OPTIONS]`, and the filename sqlx made of it.
+    pub fn new(path_and_options: &str, sqlx_filename: &Path) -> Self {
+        let (path, options) = match path_and_options.split_once('?') {
+            Some((path, options)) => (path, Some(options)),
+            None => (path_and_options, None),
+        };
+        if path == ":memory:" {
+            // sqlx names the database `file:sqlx-in-memory-N` and opens it
+            // with a shared cache, so connections of one URL share it.
+            return Target {
+                uri: sqlx_filename.to_string_lossy().into_owned(),
+                in_memory: true,
+                file: None,
+            };
+        }
+        let in_memory = options.is_some_and(|options| options.split('&').any(|option| option == "mode=memory"));
+        // In a URI filename, `%` starts an escape, `?` the options and `#` a fragment.
+        let decoded = sqlx_filename.to_string_lossy();
+        let mut uri = format!("file:{}", decoded.replace('%', "%25").replace('?', "%3F").replace('#', "%23"));
+        if let Some(options) = options {
+            uri.push('?');
+            uri.push_str(options);
+        }
+        Target {
+            uri,
+            in_memory,
+            file: (!in_memory).then(|| sqlx_filename.to_path_buf()),
+        }
+    }
+
+    /// Returns the directory of the database file, if it is a file in one.
+    pub fn directory(&self) -> Option<&Path> {
+        self.file.as_deref().and_then(Path::parent).filter(|parent| !parent.as_os_str().is_empty())
+    }
+}
+
+fn open_connection(target: &Target, busy_timeout: Duration) -> rusqlite::Result<Connection> {
     // CREATE only permits `mode=rwc`: the migrations created the file already.
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+    let mut flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
         | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
         | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
         | rusqlite::OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(uri, flags)?;
+    if target.in_memory {
+        flags |= rusqlite::OpenFlags::SQLITE_OPEN_MEMORY | rusqlite::OpenFlags::SQLITE_OPEN_SHARED_CACHE;
+    }
+    let conn = Connection::open_with_flags(&target.uri, flags)?;
     conn.busy_timeout(busy_timeout)?;
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON")?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
@@ -256,18 +315,40 @@ fn commit(conn: &Connection, pending: &mut Vec<Completion>) {
     }
 }
 
+/// Runs a statement without parameters through the statement cache.
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 fn io_error(message: String) -> StoreError {
     StoreError::Database(sqlx::Error::Io(std::io::Error::other(message)))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::uri;
+    use super::Target;
+    use std::path::Path;
 
     #[test]
-    fn uri_escapes_the_path_and_keeps_the_options() {
-        assert_eq!(uri("/data/jobs.db"), "file:/data/jobs.db");
-        assert_eq!(uri("/d/100%#1.db?mode=rwc"), "file:/d/100%25%231.db?mode=rwc");
-        assert_eq!(uri("rel/é.db"), "file:rel/é.db");
+    fn target_escapes_the_path_and_keeps_the_options() {
+        let plain = Target::new("/data/jobs.db", Path::new("/data/jobs.db"));
+        assert_eq!(plain.uri, "file:/data/jobs.db");
+        assert_eq!(plain.directory(), Some(Path::new("/data")));
+        // sqlx decodes `%41` to `A`; the writer opens that same file.
+        let escaped = Target::new("/d/p%41 #1.db?mode=rwc", Path::new("/d/pA #1.db"));
+        assert_eq!(escaped.uri, "file:/d/pA %231.db?mode=rwc");
+        let percent = Target::new("/d/100%25.db", Path::new("/d/100%.db"));
+        assert_eq!(percent.uri, "file:/d/100%25.db");
+    }
+
+    #[test]
+    fn target_of_memory_databases() {
+        let memory = Target::new(":memory:", Path::new("file:sqlx-in-memory-7"));
+        assert!(memory.in_memory);
+        assert_eq!(memory.uri, "file:sqlx-in-memory-7");
+        assert_eq!(memory.directory(), None);
+        let named = Target::new("shared?mode=memory", Path::new("shared"));
+        assert!(named.in_memory);
+        assert_eq!(named.directory(), None);
     }
 }
