@@ -3,12 +3,12 @@
 //!
 //! With `synchronous = FULL`, every committed transaction costs one fsync of
 //! the write-ahead log, and the fsync dominates a small write. The writer
-//! thread takes the writes queued on its channel, runs each in a savepoint
-//! of one transaction, and commits that transaction when the queue is empty
-//! (or after [`MAX_BATCH`] writes), so writes that arrive together share one
-//! fsync. A caller's call returns after the commit of the transaction that
-//! holds its write, so a write is durable when its call returns, exactly as
-//! with one transaction per write.
+//! thread takes the writes queued on its channel and runs them in one
+//! transaction, each of several statements in a savepoint of its own. It
+//! commits when the queue is empty (or after [`MAX_BATCH`] writes), so writes
+//! that arrive together share one fsync. A caller's call returns after the
+//! commit of the transaction that contains its write, so a write is durable
+//! when its call returns, exactly as with one transaction per write.
 //!
 //! Statements run on the thread itself. Through an async driver, every
 //! statement and every commit is a round trip between a runtime thread and
@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// Most writes in one transaction, so a long queue still commits now and
-/// then and its first callers are not kept waiting for the whole queue.
+/// Maximum number of writes in one transaction, so a long queue still
+/// commits now and then and its first callers do not wait for all of it.
 const MAX_BATCH: usize = 512;
 
 /// Prepared statements kept per connection. The claim statement has one
@@ -35,8 +35,8 @@ const STATEMENT_CACHE: usize = 64;
 /// The outcome of a transaction's commit, handed to every write in it.
 type CommitOutcome = Result<(), Arc<str>>;
 
-/// What is left to do for a write once its transaction ends: answer its
-/// caller with the commit's outcome.
+/// The last step of a write, run once its transaction ends: sending the
+/// commit's outcome to its caller.
 type Completion = Box<dyn FnOnce(CommitOutcome) + Send>;
 
 /// A queued write. It receives the connection inside an open transaction,
@@ -232,7 +232,7 @@ fn open_connection(target: &Target, busy_timeout: Duration) -> rusqlite::Result<
 }
 
 /// The writer thread's loop: waits for a write, runs it and every write
-/// queued behind it in one transaction, commits, and answers their callers.
+/// queued behind it in one transaction, commits, and replies to their callers.
 fn serve(conn: &Connection, queue: &mpsc::Receiver<Request>) {
     let mut pending: Vec<Completion> = Vec::new();
     while let Ok(first) = queue.recv() {
@@ -243,13 +243,13 @@ fn serve(conn: &Connection, queue: &mpsc::Receiver<Request>) {
             match request {
                 Request::Write(write) => {
                     let opened = ensure_transaction(conn, &mut pending);
-                    // A panicking write drops its caller's reply and is undone;
-                    // the thread goes on serving the others.
+                    // A panicking write drops its caller's reply, and the savepoint it
+                    // opened, if any, is rolled back. The thread goes on serving the others.
                     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(opened.map(|()| conn)))) {
                         Ok(Some(completion)) => pending.push(completion),
                         Ok(None) => {}
                         Err(_) => {
-                            tracing::error!("an SQLite write panicked; it is undone");
+                            tracing::error!("an SQLite write panicked; its caller gets an error");
                             let _ = conn.execute_batch("ROLLBACK TO write; RELEASE write");
                         }
                     }
@@ -292,7 +292,7 @@ fn ensure_transaction(conn: &Connection, pending: &mut Vec<Completion>) -> Resul
     conn.execute_batch("BEGIN IMMEDIATE").map_err(|err| Arc::from(err.to_string()))
 }
 
-/// Commits the open transaction, if any, and answers the writes in it.
+/// Commits the open transaction, if any, and replies to the writes in it.
 fn commit(conn: &Connection, pending: &mut Vec<Completion>) {
     if conn.is_autocommit() && pending.is_empty() {
         return;
