@@ -94,7 +94,7 @@ fn drop_privileges(identity: RunAs) -> io::Result<()> {
 
 /// Creates the job's message pipe: a read end closed on exec and a write
 /// end the job inherits. The shim starts one process, from one thread, and
-/// closes its copy of the write end right after, so only the job holds it.
+/// closes its copy of the write end right after, so only the job has it open.
 pub fn message_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let (read, write) = pipe_cloexec()?;
     // SAFETY: F_GETFD and F_SETFD on a descriptor this function owns.

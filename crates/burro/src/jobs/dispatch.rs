@@ -27,8 +27,8 @@ pub(crate) async fn dispatcher(shared: Arc<Shared>) {
         let names = registered_names(&shared);
         let mut sleep = shared.settings.poll_interval;
         if !names.is_empty() && shared.slots.available_permits() > 0 {
-            // A read comes first. The claim is a write, and it holds the
-            // free slots, which an enqueue would otherwise claim a job into.
+            // A read comes first. The claim is a write, and it keeps the
+            // free slots taken, so an enqueue cannot claim a job into them.
             let claimed = match shared.store.job_next_run_at(&names).await {
                 Ok(Some(next)) if next <= now_ms() => claim_due(&shared, names).await,
                 Ok(next) => {
@@ -73,7 +73,7 @@ pub(crate) async fn dispatcher(shared: Arc<Shared>) {
     }
 }
 
-/// What one claim of the dispatcher did.
+/// Outcome of one claim by the dispatcher.
 #[derive(Debug, PartialEq, Eq)]
 enum Claimed {
     NothingDue,

@@ -33,6 +33,11 @@ pub enum StoreError {
     Timeout(std::time::Duration),
 }
 
+/// Sorts claimed jobs in the order they became due, as every claim returns them.
+fn sort_due_order(jobs: &mut [Job]) {
+    jobs.sort_by(|a, b| (a.run_at, &a.id).cmp(&(b.run_at, &b.id)));
+}
+
 /// The persistence contract of the jobs service.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

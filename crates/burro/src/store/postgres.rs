@@ -188,31 +188,17 @@ fn to_i32(value: u32) -> i32 {
     i32::try_from(value).unwrap_or(i32::MAX)
 }
 
-/// Returns the insert of a new job.
-fn insert_query(job: &NewJob) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    let sql: &'static str = INSERT_SQL.get_or_init(|| {
-        format!(
-            "INSERT INTO jobs (id, name, data, status, attempts, max_attempts, created_at, run_at, external, timeout_ms) \
-             VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
-        )
-    });
-    sqlx::query(sql)
-        .bind(job.id.clone())
-        .bind(job.name.clone())
-        .bind(job.data.to_string())
-        .bind(job.status.as_str())
-        .bind(to_i32(job.max_attempts))
-        .bind(job.created_at)
-        .bind(job.run_at)
-        .bind(job.external)
-        .bind(job.timeout_ms)
-}
+/// The insert of a new job.
+static INSERT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "INSERT INTO jobs (id, name, data, status, attempts, max_attempts, created_at, run_at, external, timeout_ms) \
+         VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
+    )
+});
 
-static INSERT_SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// Returns the claim statement. Only a node whose lease has the claim's
-/// generation claims anything.
-fn claim_sql() -> String {
+/// The claim statement. Only a node whose lease has the claim's generation
+/// claims anything.
+static CLAIM_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1, node_id = $2, \
              completed_at = NULL, pid = NULL, last_heartbeat = NULL, shim_token = NULL, \
@@ -224,15 +210,37 @@ fn claim_sql() -> String {
              WHERE nodes.id = $2 AND generation = $5 AND NOT fenced AND expires_at > now())) \
          RETURNING {COLUMNS}"
     )
+});
+
+/// Returns the insert of a new job with its values bound.
+fn insert_query(job: &NewJob) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(&INSERT_SQL)
+        .bind(job.id.clone())
+        .bind(job.name.clone())
+        .bind(job.data.to_string())
+        .bind(job.status.as_str())
+        .bind(to_i32(job.max_attempts))
+        .bind(job.created_at)
+        .bind(job.run_at)
+        .bind(job.external)
+        .bind(job.timeout_ms)
 }
 
-fn claim_query<'q>(sql: &'q str, claim: &ClaimRequest) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    sqlx::query(sql)
+/// Returns the claim statement with the values of `claim` bound.
+fn claim_query(claim: &ClaimRequest) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(&CLAIM_SQL)
         .bind(claim.now_ms)
         .bind(claim.node_id.clone())
         .bind(claim.names.clone())
         .bind(i64::from(claim.limit))
         .bind(claim.lease_generation)
+}
+
+/// Decodes the rows of a claim, in due order.
+fn claimed_jobs(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<Job>, StoreError> {
+    let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+    sort_due_order(&mut jobs);
+    Ok(jobs)
 }
 
 #[async_trait]
@@ -250,13 +258,11 @@ impl Store for PostgresStore {
         let claimed = if claim.names.is_empty() || claim.limit == 0 {
             Vec::new()
         } else {
-            claim_query(&claim_sql(), claim).fetch_all(&mut *transaction).await?
+            claim_query(claim).fetch_all(&mut *transaction).await?
         };
         transaction.commit().await?;
         notify_jobs(&self.pool, &self.channels.jobs).await;
-        let mut claimed = claimed.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
-        claimed.sort_by(|a, b| (a.run_at, &a.id).cmp(&(b.run_at, &b.id)));
-        Ok((job_from_row(&row)?, claimed))
+        Ok((job_from_row(&row)?, claimed_jobs(&claimed)?))
     }
 
     async fn job_get(&self, id: &str) -> Result<Option<Job>, StoreError> {
@@ -292,11 +298,8 @@ impl Store for PostgresStore {
         if claim.names.is_empty() || claim.limit == 0 {
             return Ok(Vec::new());
         }
-        let sql = claim_sql();
-        let rows = claim_query(&sql, claim).fetch_all(&self.pool).await?;
-        let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
-        jobs.sort_by(|a, b| (a.run_at, &a.id).cmp(&(b.run_at, &b.id)));
-        Ok(jobs)
+        let rows = claim_query(claim).fetch_all(&self.pool).await?;
+        claimed_jobs(&rows)
     }
 
     async fn job_spawned(&self, update: &SpawnUpdate) -> Result<(), StoreError> {

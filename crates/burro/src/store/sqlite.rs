@@ -243,10 +243,12 @@ fn jobs_returned(conn: &rusqlite::Connection, sql: &str, params: &[&dyn ToSql]) 
 
 /// Inserts `job` on the writer's connection.
 fn insert(conn: &rusqlite::Connection, job: &NewJob) -> Result<Job, StoreError> {
-    let sql = format!(
-        "INSERT INTO jobs (id, name, data, status, attempts, max_attempts, created_at, run_at, external, timeout_ms) \
-         VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?) RETURNING {COLUMNS}"
-    );
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO jobs (id, name, data, status, attempts, max_attempts, created_at, run_at, external, timeout_ms) \
+             VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?) RETURNING {COLUMNS}"
+        )
+    });
     let data = job.data.to_string();
     let params: [&dyn ToSql; 9] = [
         &job.id,
@@ -259,13 +261,15 @@ fn insert(conn: &rusqlite::Connection, job: &NewJob) -> Result<Job, StoreError> 
         &job.external,
         &job.timeout_ms,
     ];
-    jobs_returned(conn, &sql, &params)?.pop().ok_or_else(|| StoreError::Corrupt {
+    jobs_returned(conn, &SQL, &params)?.pop().ok_or_else(|| StoreError::Corrupt {
         id: job.id.clone(),
         message: "the insert returned no row".into(),
     })
 }
 
-/// Claims due jobs on the writer's connection, in no particular order.
+/// Claims due jobs on the writer's connection, in due order. One
+/// UPDATE ... RETURNING on the single writer connection is atomic, so no
+/// two claims can return the same job.
 fn claim(conn: &rusqlite::Connection, claim: &ClaimRequest) -> Result<Vec<Job>, StoreError> {
     if claim.names.is_empty() || claim.limit == 0 {
         return Ok(Vec::new());
@@ -273,7 +277,9 @@ fn claim(conn: &rusqlite::Connection, claim: &ClaimRequest) -> Result<Vec<Job>, 
     let mut params: Vec<&dyn ToSql> = vec![&claim.now_ms, &claim.node_id, &claim.now_ms];
     params.extend(claim.names.iter().map(|name| name as &dyn ToSql));
     params.push(&claim.limit);
-    jobs_returned(conn, &claim_sql(claim.names.len()), &params)
+    let mut jobs = jobs_returned(conn, &claim_sql(claim.names.len()), &params)?;
+    sort_due_order(&mut jobs);
+    Ok(jobs)
 }
 
 /// Runs `sql` on the writer's connection and returns the number of rows it changed.
@@ -289,16 +295,14 @@ fn placeholders(count: usize) -> String {
 impl Store for SqliteStore {
     async fn job_insert(&self, job: &NewJob) -> Result<Job, StoreError> {
         let job = job.clone();
-        // The row it returns holds only the values just written, so its
+        // The returned row contains only the values just written, so its
         // decoding cannot fail after the insert.
         self.writer.write_statement(move |conn| insert(conn, &job)).await
     }
 
     async fn job_insert_claim(&self, job: &NewJob, claim: &ClaimRequest) -> Result<(Job, Vec<Job>), StoreError> {
         let (job, claim) = (job.clone(), claim.clone());
-        let (inserted, mut claimed) = self.writer.write(move |conn| Ok((insert(conn, &job)?, self::claim(conn, &claim)?))).await?;
-        claimed.sort_by(|a, b| (a.run_at, &a.id).cmp(&(b.run_at, &b.id)));
-        Ok((inserted, claimed))
+        self.writer.write(move |conn| Ok((insert(conn, &job)?, self::claim(conn, &claim)?))).await
     }
 
     async fn job_get(&self, id: &str) -> Result<Option<Job>, StoreError> {
@@ -345,15 +349,8 @@ impl Store for SqliteStore {
     }
 
     async fn job_claim(&self, claim: &ClaimRequest) -> Result<Vec<Job>, StoreError> {
-        if claim.names.is_empty() || claim.limit == 0 {
-            return Ok(Vec::new());
-        }
-        // One UPDATE ... RETURNING on the single writer connection is atomic,
-        // so no two claims can return the same job.
         let claim = claim.clone();
-        let mut jobs = self.writer.write(move |conn| self::claim(conn, &claim)).await?;
-        jobs.sort_by(|a, b| (a.run_at, &a.id).cmp(&(b.run_at, &b.id)));
-        Ok(jobs)
+        self.writer.write(move |conn| self::claim(conn, &claim)).await
     }
 
     async fn job_spawned(&self, update: &SpawnUpdate) -> Result<(), StoreError> {

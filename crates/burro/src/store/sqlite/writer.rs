@@ -92,9 +92,9 @@ impl Writer {
         self.queue(true, write).await
     }
 
-    /// Runs a write of exactly one statement, which cannot fail after that
-    /// statement has changed the database, like [`Writer::write`] but
-    /// without a savepoint: SQLite undoes a failed statement by itself.
+    /// Runs `write` like [`Writer::write`] but without a savepoint, because
+    /// SQLite undoes a failed statement by itself. The caller's `write` must
+    /// run exactly one statement and must not fail after that statement.
     pub async fn write_statement<T, F>(&self, write: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -108,7 +108,7 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel::<Result<T, StoreError>>();
+        let (reply, response) = oneshot::channel::<Result<T, StoreError>>();
         let queued: Write = Box::new(move |conn| {
             if reply.is_closed() {
                 return None;
@@ -126,18 +126,16 @@ impl Writer {
                     return None;
                 }
             }
-            match write(conn) {
-                Ok(value) => {
-                    if savepoint {
-                        if let Err(err) = run_cached(conn, "RELEASE write") {
-                            let _ = reply.send(Err(err.into()));
-                            return None;
-                        }
-                    }
-                    Some(Box::new(move |outcome: CommitOutcome| {
-                        let _ = reply.send(outcome.map(|()| value).map_err(|message| io_error(format!("committing the write failed: {message}"))));
-                    }))
+            let written = write(conn).and_then(|value| {
+                if savepoint {
+                    run_cached(conn, "RELEASE write")?;
                 }
+                Ok(value)
+            });
+            match written {
+                Ok(value) => Some(Box::new(move |outcome: CommitOutcome| {
+                    let _ = reply.send(outcome.map(|()| value).map_err(|message| io_error(format!("committing the write failed: {message}"))));
+                })),
                 Err(err) => {
                     // When SQLite has already rolled back the whole
                     // transaction (after an I/O error, say), this fails, and
@@ -153,9 +151,9 @@ impl Writer {
         self.requests
             .send(Request::Write(queued))
             .map_err(|_| io_error("the SQLite writer is closed".into()))?;
-        answer
+        response
             .await
-            .map_err(|_| io_error("the SQLite writer stopped before answering the write".into()))?
+            .map_err(|_| io_error("the SQLite writer stopped before it replied to the write".into()))?
     }
 
     /// Commits the writes queued so far and ends the writer thread. Later
@@ -231,8 +229,9 @@ fn open_connection(target: &Target, busy_timeout: Duration) -> rusqlite::Result<
     Ok(conn)
 }
 
-/// The writer thread's loop: waits for a write, runs it and every write
-/// queued behind it in one transaction, commits, and replies to their callers.
+/// Runs the writer thread's loop: waits for a write, runs it and every
+/// write queued behind it in one transaction, commits, and replies to their
+/// callers.
 fn serve(conn: &Connection, queue: &mpsc::Receiver<Request>) {
     let mut pending: Vec<Completion> = Vec::new();
     while let Ok(first) = queue.recv() {
