@@ -186,10 +186,8 @@ async fn serve_connection<S>(
     loop {
         tokio::select! {
             read = stream.read(&mut chunk) => {
-                let n = match read {
-                    Ok(n) => n,
-                    Err(_) => 0,
-                };
+                // A read error ends the connection as end of file does.
+                let n = read.unwrap_or_default();
                 if n == 0 {
                     // The peer half-closed: close our side at once, because
                     // clients such as socat wait for it.

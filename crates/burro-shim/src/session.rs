@@ -46,6 +46,10 @@ pub struct Shared {
     pub spool: RefCell<Option<crate::spool::Spool>>,
     /// When the server last acknowledged a frame or welcomed the shim.
     pub last_contact: Cell<tokio::time::Instant>,
+    /// True between the server's `WELCOME` and the end of that connection.
+    pub connected: Cell<bool>,
+    /// Notified when acknowledgements free room in memory.
+    pub room: Notify,
     new_frames: Notify,
 }
 
@@ -62,7 +66,9 @@ impl SessionHandle {
         let shared = &self.shared;
         let mut spool = shared.spool.borrow_mut();
         let spooling = spool.as_ref().is_some_and(|s| s.pending() > 0);
-        let full = shared.unacked_bytes.get() + bytes.len() > MEMORY_LIMIT && !shared.unacked.borrow().is_empty();
+        // While connected, the caller reads from the job only when there is
+        // room, so memory exceeds the limit by one frame at most.
+        let full = !shared.connected.get() && shared.unacked_bytes.get() + bytes.len() > MEMORY_LIMIT && !shared.unacked.borrow().is_empty();
         if let (true, Some(spool)) = (spooling || full, spool.as_mut()) {
             match spool.append(&bytes) {
                 Ok(()) => return,
@@ -81,6 +87,19 @@ impl Shared {
     pub fn pending_bytes(&self) -> u64 {
         let spooled = self.spool.borrow().as_ref().map_or(0, |s| s.pending());
         self.unacked_bytes.get() as u64 + spooled
+    }
+
+    /// Returns true when the job's output may be read on: while the server
+    /// is connected, as long as the frames waiting for it fit in memory, so
+    /// a slow server slows the job down instead of costing spool writes;
+    /// while it is away, up to `limit` bytes in memory and spool together.
+    pub fn has_room(&self, limit: u64) -> bool {
+        if self.connected.get() {
+            let spooled = self.spool.borrow().as_ref().map_or(0, |s| s.pending());
+            spooled == 0 && self.unacked_bytes.get() < MEMORY_LIMIT
+        } else {
+            self.pending_bytes() < limit
+        }
     }
 
     /// Moves spooled frames back into memory while there is room.
@@ -142,6 +161,8 @@ pub fn start(job_id: Rc<str>, control_path: String, hello: Hello, spool_path: Op
         unacked_bytes: Cell::new(0),
         spool: RefCell::new(spool_path.map(crate::spool::Spool::new)),
         last_contact: Cell::new(tokio::time::Instant::now()),
+        connected: Cell::new(false),
+        room: Notify::new(),
         new_frames: Notify::new(),
     });
     let session = Session {
@@ -204,6 +225,7 @@ impl Session {
 
     fn acknowledge(&self, acked: u64) {
         self.shared.last_contact.set(tokio::time::Instant::now());
+        self.shared.room.notify_one();
         loop {
             {
                 let mut unacked = self.shared.unacked.borrow_mut();
@@ -252,6 +274,7 @@ impl Session {
         let welcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut reader, &mut lines, &mut chunk)).await;
         let mut written = match welcome {
             Ok(Some(ServerFrame::Welcome(welcome))) => {
+                self.shared.connected.set(true);
                 self.acknowledge(welcome.acked_seq);
                 welcome.acked_seq
             }
@@ -309,6 +332,10 @@ impl Session {
             }
         };
         writer_task.abort();
+        self.shared.connected.set(false);
+        // The supervisor loop may wait for room that only the spool gives
+        // now that the server is away.
+        self.shared.room.notify_one();
         ended
     }
 }

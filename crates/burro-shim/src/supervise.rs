@@ -22,8 +22,10 @@ use tokio::time::{sleep_until, Instant};
 /// after it exits, so a descendant holding a connection open cannot hold the
 /// job.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
-/// The shim stops reading from the job while this many bytes wait for the
-/// server's acknowledgement, in memory and in the spool file together.
+/// While the server is away, the shim stops reading from the job once this
+/// many bytes wait for its acknowledgement, in memory and in the spool file
+/// together. While it is connected, the shim reads only while the waiting
+/// frames fit in memory.
 const MAX_UNACKED_BYTES: u64 = 1024 * 1024 * 1024;
 /// Capacity of the channel between the job-side tasks and this loop.
 const ITEM_QUEUE: usize = 256;
@@ -143,7 +145,7 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
             Some(t) if !t.killed => t.kill_at,
             _ => far_future,
         };
-        let accepting_items = handle.shared.pending_bytes() < MAX_UNACKED_BYTES;
+        let accepting_items = handle.shared.has_room(MAX_UNACKED_BYTES);
 
         tokio::select! {
             item = items_rx.recv(), if accepting_items => {
@@ -154,12 +156,16 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
                     // turn, so a busy job costs one pass of this loop, with
                     // its timers, per batch instead of per line.
                     for _ in 1..ITEM_QUEUE {
+                        if !handle.shared.has_room(MAX_UNACKED_BYTES) {
+                            break;
+                        }
                         let Ok(item) = items_rx.try_recv() else { break };
                         let seq = next_seq();
                         handle.send(seq, encode_item(seq, item));
                     }
                 }
             }
+            _ = handle.shared.room.notified(), if !accepting_items => {}
             command = handle.commands.recv() => match command {
                 Some(Command::Kill(reason)) => {
                     if matches!(phase, Phase::Running) && termination.is_none() {

@@ -351,6 +351,50 @@ async fn slow_subscriber_sees_one_completion_after_all_progress() {
     assert_eq!(seen[*progress.last().unwrap()].1["message"], json!((count - 1).to_string()));
 }
 
+/// Returns the names of the spool files in the server's exit directory.
+fn spool_files(server: &TestServer) -> Vec<String> {
+    std::fs::read_dir(server.dir.path().join("exits"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.ends_with(".spool"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shim_waits_for_a_busy_server_instead_of_spooling() {
+    let server = start(vec![("flood", external("python3", "flood_progress.py"))]).await;
+    // A subscription that is not read: once its queue is full, the server
+    // stops taking frames from the shim, and the shim's memory fills up.
+    let mut progress = server.core().events.subscribe("job.external.progress");
+    // About 3 MB of frames, far more than the shim keeps in memory.
+    let count = 30_000;
+    let id = server.core().jobs.enqueue("flood", json!({"count": count}), once()).await.unwrap();
+    let stalled_until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < stalled_until {
+        let spools = spool_files(&server);
+        assert!(spools.is_empty(), "the shim spooled while the server was connected: {spools:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let job = server.core().jobs.get(&id).await.unwrap().expect("job exists");
+    assert_eq!(job.status, JobStatus::Running, "the job should wait for the server, not finish");
+
+    let mut received = 0;
+    while received < count {
+        let event = within(WAIT, progress.recv()).await.expect("the bus is open");
+        if event.data["jobId"] == id.as_str() {
+            assert_eq!(event.data["message"], json!(received.to_string()), "progress arrives in order");
+            received += 1;
+        }
+    }
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+    assert!(spool_files(&server).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_trivial_jobs_complete() {
     let server = start_with(
