@@ -8,6 +8,43 @@ pub fn now_ms() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// One reading of both clocks, shared by a batch of frames: reading the
+/// clock for every message costs more than the rest of a small message's
+/// bookkeeping. [`BatchClock::tick`] takes a fresh reading every
+/// [`BatchClock::REFRESH`] frames, so a batch that waits long on slow event
+/// subscribers still records times close to the truth.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchClock {
+    /// Monotonic time of the reading.
+    pub instant: std::time::Instant,
+    /// Wall-clock time of the reading, in epoch milliseconds.
+    pub ms: i64,
+    uses: u32,
+}
+
+impl BatchClock {
+    /// Frames that share one reading.
+    pub const REFRESH: u32 = 64;
+
+    /// Reads both clocks now.
+    pub fn now() -> Self {
+        BatchClock {
+            instant: std::time::Instant::now(),
+            ms: now_ms(),
+            uses: 0,
+        }
+    }
+
+    /// Counts one frame, reading the clocks again when the current reading
+    /// has served [`Self::REFRESH`] frames.
+    pub fn tick(&mut self) {
+        self.uses += 1;
+        if self.uses >= Self::REFRESH {
+            *self = Self::now();
+        }
+    }
+}
+
 /// Formats epoch milliseconds as an RFC 3339 UTC string with milliseconds.
 pub fn to_rfc3339(ms: i64) -> String {
     let time = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
@@ -36,6 +73,20 @@ pub fn parse_time(text: &str, now_ms: i64) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_clock_reads_again_after_its_refresh_count() {
+        let mut clock = BatchClock::now();
+        let first = clock.instant;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        for _ in 1..BatchClock::REFRESH {
+            clock.tick();
+        }
+        assert_eq!(clock.instant, first, "a reading serves REFRESH frames");
+        clock.tick();
+        assert!(clock.instant > first, "the next frame gets a new reading");
+        assert!(clock.ms >= now_ms() - 1000);
+    }
 
     #[test]
     fn formats_and_parses() {

@@ -207,6 +207,18 @@ impl Events {
         .await;
     }
 
+    /// Like [`emit`](Self::emit), with the event's time given by the
+    /// caller, who read the clock once for a batch of events.
+    pub async fn emit_at(&self, name: impl Into<String>, data: serde_json::Value, timestamp_ms: i64) {
+        self.deliver(Event {
+            name: name.into(),
+            data,
+            timestamp_ms,
+            origin: None,
+        })
+        .await;
+    }
+
     /// Emits an event that another node emitted first. Subscribers receive
     /// it like a local one, with `origin` set, so forwarders can skip it.
     pub async fn emit_remote(&self, origin: &str, name: impl Into<String>, data: serde_json::Value) {

@@ -2,6 +2,7 @@
 //! and forward frames that are processed in order and acknowledged.
 
 use super::{constant_time_eq, Inner};
+use crate::clock::BatchClock;
 use burro_protocol::control::{ServerFrame, ShimFrame, CONTROL_VERSION};
 use burro_protocol::{LineBuffer, LineEvent};
 use std::path::Path;
@@ -112,12 +113,13 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
     }
     tracing::debug!(job_id = %run.job_id, shim_pid = hello.shim_pid, pid = ?hello.child_pid, "shim connected");
 
-    let mut last_ack = tokio::time::Instant::now();
+    let mut last_ack = std::time::Instant::now();
     loop {
         // Process everything already buffered, then acknowledge. Long batches
         // (a slow event subscriber) are acknowledged as they go, so the shim
         // keeps hearing from a live server and does not give up waiting.
         let mut processed_any = false;
+        let mut clock = BatchClock::now();
         while let Some(event) = lines.next_event() {
             match event {
                 LineEvent::Line(line) => match ShimFrame::decode(&line) {
@@ -125,12 +127,13 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
                         if run.already_processed(frame.seq()) {
                             continue;
                         }
-                        run.process(&inner, frame).await;
+                        run.process(&inner, frame, &clock).await;
                         processed_any = true;
-                        if last_ack.elapsed() >= ACK_INTERVAL {
+                        clock.tick();
+                        if clock.instant.saturating_duration_since(last_ack) >= ACK_INTERVAL {
                             run.flush_log();
                             let _ = tx.send(ServerFrame::Ack(run.ackable_seq()).encode());
-                            last_ack = tokio::time::Instant::now();
+                            last_ack = clock.instant;
                         }
                     }
                     Err(err) => tracing::warn!(job_id = %run.job_id, error = %err, "ignored an invalid control frame"),
@@ -144,7 +147,7 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
             // Log lines become readable through the API once acknowledged.
             run.flush_log();
             let _ = tx.send(ServerFrame::Ack(run.ackable_seq()).encode());
-            last_ack = tokio::time::Instant::now();
+            last_ack = std::time::Instant::now();
         }
         match reader.read(&mut chunk).await {
             Ok(0) | Err(_) => break,

@@ -109,9 +109,11 @@ async fn apply_exit_record(inner: &Inner, run: &Arc<Run>, job: &Job) -> bool {
     tracing::info!(job_id = %job.id, job_name = %job.name, frames = frames.len(), "applying the exit record the job's shim left while the server was away");
     run.note("info", "the job ended while the server was away; applying its exit record".into());
     run.set_exit_record(path);
+    let mut clock = crate::clock::BatchClock::now();
     for frame in frames {
         if !run.already_processed(frame.seq()) {
-            run.process(inner, frame).await;
+            run.process(inner, frame, &clock).await;
+            clock.tick();
         }
     }
     true

@@ -2,7 +2,7 @@
 //! its shim forwards changes it.
 
 use super::Inner;
-use crate::clock::now_ms;
+use crate::clock::{now_ms, BatchClock};
 use crate::jobs::{ExitSummary, ExternalJob, KillReason, LogEntry, LogWriter, Terminal};
 use crate::store::{Job, ProcessState};
 use burro_protocol::control::{Hello, ServerFrame, ShimFrame, Welcome, CONTROL_VERSION};
@@ -401,10 +401,11 @@ impl Run {
         inner.live.pid(&self.job_id, hello.child_pid.map(i64::from));
     }
 
-    /// Applies one frame forwarded by the shim.
-    pub async fn process(self: &Arc<Self>, inner: &Inner, frame: ShimFrame) {
+    /// Applies one frame forwarded by the shim. `clock` is the time the
+    /// frame counts as received at.
+    pub async fn process(self: &Arc<Self>, inner: &Inner, frame: ShimFrame, clock: &BatchClock) {
         let seq = frame.seq();
-        let due = self.lock().output_rate.roll(Instant::now());
+        let due = self.lock().output_rate.roll(clock.instant);
         if let Some(dropped) = due {
             self.report_dropped(inner, seq, dropped).await;
         }
@@ -416,7 +417,7 @@ impl Run {
         }
         match frame {
             ShimFrame::Hello(_) => {}
-            ShimFrame::Message { conn, line, .. } => self.on_message(inner, seq, conn, &line).await,
+            ShimFrame::Message { conn, line, .. } => self.on_message(inner, seq, conn, &line, clock).await,
             ShimFrame::Stdout { line, .. } => self.on_output(inner, seq, "stdout", "info", &line).await,
             ShimFrame::Stderr { line, .. } => self.on_output(inner, seq, "stderr", "error", &line).await,
             ShimFrame::Oversize { conn, len, .. } => {
@@ -490,7 +491,7 @@ impl Run {
             .await;
     }
 
-    async fn on_message(self: &Arc<Self>, inner: &Inner, seq: u64, conn: u64, line: &[u8]) {
+    async fn on_message(self: &Arc<Self>, inner: &Inner, seq: u64, conn: u64, line: &[u8], clock: &BatchClock) {
         let parsed = match parse_line(line) {
             Ok(parsed) => parsed,
             Err(err) => {
@@ -502,10 +503,12 @@ impl Run {
             tracing::warn!(job_id = %self.job_id, message_job_id = %parsed.job_id, "rejected a message for another job on this job's socket");
             return;
         }
-        let now = now_ms();
+        let now = clock.ms;
         {
             let mut state = self.lock();
-            state.last_seen = Instant::now();
+            // A reading taken before the shim reattached must not move the
+            // heartbeat clock back.
+            state.last_seen = state.last_seen.max(clock.instant);
             state.stale = false;
             if state.summary.terminal.is_some() {
                 tracing::debug!(job_id = %self.job_id, kind = parsed.message.kind(), "ignored a message after the job's terminal message");
@@ -537,9 +540,10 @@ impl Run {
             JobMessage::Progress { percent, message, data } => {
                 inner
                     .events
-                    .emit(
+                    .emit_at(
                         "job.external.progress",
                         json!({"jobId": id, "name": name, "percent": percent, "message": message, "data": data, "attempt": attempt, "seq": seq}),
+                        now,
                     )
                     .await;
             }
