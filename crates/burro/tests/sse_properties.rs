@@ -96,11 +96,7 @@ fn parse_stream(stream: &[u8]) -> (Vec<ParsedEvent>, String) {
                 data.push_str(value);
                 data.push('\n');
             }
-            "id" => {
-                if !value.contains('\0') {
-                    last_event_id = value.to_string();
-                }
-            }
+            "id" if !value.contains('\0') => last_event_id = value.to_string(),
             // `retry` and unknown fields change nothing this test observes.
             _ => {}
         }
