@@ -54,13 +54,15 @@ async fn wait_exited(pid: u32) {
     .await;
 }
 
-/// Ends a job process whose shim was killed. It may already have exited on
-/// its broken connection, so a failed kill is not an error. Otherwise it
-/// would wait for its release file after the test's directory is gone.
-async fn end_orphan(pid: u32) {
-    // SAFETY: kill only sends a signal to a process the test started.
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+/// Asserts that the server terminated a job process whose shim died, and
+/// said so in the job's log.
+async fn assert_orphan_terminated(server: &TestServer, id: &str, pid: u32) {
     wait_exited(pid).await;
+    let entries = server.core().jobs.logs().read(id, None);
+    assert!(
+        entries.iter().any(|entry| entry.message.contains(&format!("terminating the job process {pid}"))),
+        "the job log says the job process was terminated: {entries:?}"
+    );
 }
 
 /// Enqueues a `wait` job that runs until `release` exists.
@@ -127,7 +129,24 @@ async fn killed_shim_fails_job_as_lost() {
     let error = job.error.unwrap_or_default();
     assert!(error.starts_with("job lost: its shim exited"), "{error}");
     assert_eq!(server.core().jobs.supervised_count(), 0, "the run was released");
-    end_orphan(worker).await;
+    assert_orphan_terminated(&server, &id, worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_job_of_a_killed_shim_is_terminated() {
+    // The job sends `started` and then sleeps without writing, so a broken
+    // connection would never stop it.
+    let server = start(vec![("hang", external("bash", "hang.sh"))]).await;
+    let id = server.core().jobs.enqueue("hang", json!({}), once()).await.unwrap();
+    let job = server.wait_for(&id, "the job's pid", |job| job.pid.is_some()).await;
+    let worker = job.pid.expect("a pid") as u32;
+    let shim = parent_of(worker);
+    assert_eq!(Some(parent_of(shim)), server.core().jobs.shim_launcher_pid());
+
+    kill(shim, libc::SIGKILL);
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    assert_orphan_terminated(&server, &id, worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,5 +262,5 @@ os.execv(REAL, [REAL] + sys.argv[1:])
     let error = job.error.unwrap_or_default();
     assert!(error.starts_with("job lost: its shim disconnected "), "{error}");
     assert!(error.ends_with(" ms ago and has not reconnected"), "{error}");
-    end_orphan(worker).await;
+    assert_orphan_terminated(&server, &id, worker).await;
 }

@@ -4,6 +4,7 @@
 
 mod control;
 mod monitor;
+mod orphan;
 mod recover;
 mod run;
 mod socket_dir;

@@ -41,6 +41,7 @@ pub(crate) async fn heartbeat_monitor(inner: Weak<Inner>) {
                     };
                     tracing::warn!(job_id = %run.job_id, job_name = %run.name, attempt = run.attempt, "{reason}");
                     run.note("error", reason.clone());
+                    run.terminate_orphan("the job's shim is presumed gone");
                     run.deliver_lost_reason(reason);
                 }
             }

@@ -106,6 +106,8 @@ struct State {
     first_decisive_seq: Option<u64>,
     /// The exit record this run was finished from, removed on release.
     exit_record: Option<std::path::PathBuf>,
+    /// The job's pid as its shim reported it, and when, in epoch ms.
+    job_pid: Option<(u32, i64)>,
 }
 
 pub(crate) struct Run {
@@ -161,6 +163,7 @@ impl Run {
                 disconnected_since: None,
                 first_decisive_seq: None,
                 exit_record: None,
+                job_pid: None,
             }),
         }
     }
@@ -351,12 +354,32 @@ impl Run {
     }
 
     /// Records that the shim process is gone. Without an exit report and
-    /// without a connection left to read, the attempt is lost.
+    /// without a connection left to read, the attempt is lost. A shim that
+    /// died before the job's exit may have left the job running with nobody
+    /// to supervise it, so the job process is terminated.
     pub fn shim_exited(&self, _inner: &Inner) {
+        self.terminate_orphan("the job's shim exited before the job did");
         let mut state = self.lock();
         state.shim_exited = true;
         if state.control.is_none() {
             Self::deliver_lost(&mut state, &self.job_id);
+        }
+    }
+
+    /// Terminates the job process when its shim is gone, or presumed gone,
+    /// before it reported the job's exit: nothing else would stop it, and a
+    /// retry would run next to it. `why` starts the note in the job's log.
+    pub fn terminate_orphan(&self, why: &str) {
+        let orphan = {
+            let state = self.lock();
+            match state.summary.report {
+                None => state.job_pid,
+                Some(_) => None,
+            }
+        };
+        if let Some((pid, reported_ms)) = orphan {
+            self.note("error", format!("{why}; terminating the job process {pid} if it still runs"));
+            tokio::spawn(super::orphan::terminate(self.job_id.clone(), pid, reported_ms, self.kill_grace));
         }
     }
 
@@ -396,9 +419,13 @@ impl Run {
     }
 
     /// Applies the handshake: records the job's pid in the live state,
-    /// which the next flush or the attempt's end writes to the store.
+    /// which the next flush or the attempt's end writes to the store, and in
+    /// the run, for a shim that dies before the job.
     pub fn on_hello(&self, inner: &Inner, hello: &Hello) {
         inner.live.pid(&self.job_id, hello.child_pid.map(i64::from));
+        if let Some(pid) = hello.child_pid {
+            self.lock().job_pid = Some((pid, now_ms()));
+        }
     }
 
     /// Applies one frame forwarded by the shim. `clock` is the time the
