@@ -167,6 +167,13 @@ async fn launcher_off_server_spawns_shims() {
     std::fs::write(&release, b"").unwrap();
     let job = server.wait_finished(&id).await;
     assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+    let shim_log = server.dir.path().join("shims").join(format!("{id}.log"));
+    within(Duration::from_secs(10), async {
+        while shim_log.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -320,9 +320,15 @@ impl Supervisor {
         tracing::trace!(job_id = %spec.job_id, shim_pid = ?child.id(), "shim started");
 
         let inner = self.inner.clone();
+        let shim_log_path = shim_log_path.to_path_buf();
         tokio::spawn(async move {
             let status = child.wait().await;
             tracing::debug!(job_id = %run.job_id, status = ?status, "shim exited");
+            // The log was opened for the shim's standard error; a shim with
+            // nothing to report leaves no file, as a forked one does.
+            if std::fs::metadata(&shim_log_path).is_ok_and(|meta| meta.len() == 0) {
+                let _ = std::fs::remove_file(&shim_log_path);
+            }
             run.shim_exited(&inner);
         });
         Ok(())
