@@ -53,6 +53,10 @@ pub fn to_rfc3339(ms: i64) -> String {
     time.format(&Rfc3339).unwrap_or_else(|_| ms.to_string())
 }
 
+/// The latest time a job may be scheduled at: 9999-12-31T23:59:59.999Z,
+/// the end of the range RFC 3339 can write.
+pub const LATEST_MS: i64 = 253_402_300_799_999;
+
 /// Parses a time given as RFC 3339 (`2026-12-04T10:00:00Z`) or as a delay
 /// from now (`+10m`, `+30s`), returning epoch milliseconds.
 ///
@@ -63,7 +67,8 @@ pub fn parse_time(text: &str, now_ms: i64) -> Result<i64, String> {
     let trimmed = text.trim();
     if let Some(delay) = trimmed.strip_prefix('+') {
         let duration = crate::config::parse_duration(delay).map_err(|e| format!("{e}; a relative time looks like \"+10m\""))?;
-        return Ok(now_ms.saturating_add(duration.as_millis() as i64));
+        let at = i64::try_from(duration.as_millis()).ok().and_then(|ms| now_ms.checked_add(ms)).filter(|at| *at <= LATEST_MS);
+        return at.ok_or_else(|| format!("the delay {text:?} ends after the year 9999, the latest time burro stores and shows"));
     }
     OffsetDateTime::parse(trimmed, &Rfc3339)
         .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
@@ -96,5 +101,8 @@ mod tests {
         assert_eq!(parse_time("+10m", 1000).unwrap(), 601_000);
         assert!(parse_time("tomorrow", 0).unwrap_err().contains("RFC 3339"));
         assert!(parse_time("+10", 0).unwrap_err().contains("missing unit"));
+        assert_eq!(to_rfc3339(LATEST_MS), "9999-12-31T23:59:59.999Z");
+        let far = parse_time("+9000000d", 1_700_000_000_000).unwrap_err();
+        assert!(far.contains("after the year 9999"), "{far}");
     }
 }

@@ -95,6 +95,12 @@ async fn bad_requests_get_json_errors() {
     assert_eq!(body["error"]["code"], json!("invalid_run_at"));
     assert!(body["error"]["message"].as_str().unwrap().contains("runAt"));
 
+    // A delay that ends after the year 9999 could not be shown as a date.
+    let (status, body) = post(&jobs_url, json!({"name": "double", "runAt": "+9000000d"})).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], json!("invalid_run_at"));
+    assert!(body["error"]["message"].as_str().unwrap().contains("year 9999"), "{body}");
+
     let (status, body) = post(&jobs_url, json!({"name": "double", "maxAttempts": 0})).await;
     assert_eq!(status, 400);
     assert!(body["error"]["message"].as_str().unwrap().contains("maxAttempts"));

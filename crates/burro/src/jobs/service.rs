@@ -331,6 +331,11 @@ impl Jobs {
             return Err(JobsError::InvalidOption("maxAttempts is 0: it must be at least 1 (1 means never retry)".into()));
         }
         let run_at = options.run_at_ms.unwrap_or(now);
+        if run_at > crate::clock::LATEST_MS {
+            return Err(JobsError::InvalidOption(format!(
+                "runAt {run_at} ms is after the year 9999, the latest time burro stores and shows; schedule the job earlier"
+            )));
+        }
         let timeout_ms = options.timeout.or(default_timeout).map(|d| d.as_millis() as i64);
         let new_job = NewJob {
             id: uuid::Uuid::now_v7().to_string(),
