@@ -89,10 +89,11 @@ impl Shared {
         self.unacked_bytes.get() as u64 + spooled
     }
 
-    /// Returns true when the job's output may be read on: while the server
-    /// is connected, as long as the frames waiting for it fit in memory, so
-    /// a slow server slows the job down instead of costing spool writes;
-    /// while it is away, up to `limit` bytes in memory and spool together.
+    /// Returns true when the job's output may be read on. While the server
+    /// is connected, that is as long as the frames waiting for it fit in
+    /// memory, so a slow server slows the job down instead of costing spool
+    /// writes. While it is away, up to `limit` bytes may wait in memory and
+    /// in the spool file together.
     pub fn has_room(&self, limit: u64) -> bool {
         if self.connected.get() {
             let spooled = self.spool.borrow().as_ref().map_or(0, |s| s.pending());

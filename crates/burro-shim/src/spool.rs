@@ -206,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn frames_across_read_blocks_and_small_budgets_stay_whole() {
+    fn take_keeps_frames_whole_across_reads() {
         let dir = std::env::temp_dir().join(format!("burro-spool-blocks-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut spool = Spool::new(dir.join("job.spool"));

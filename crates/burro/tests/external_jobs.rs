@@ -365,7 +365,7 @@ fn spool_files(server: &TestServer) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shim_waits_for_a_busy_server_instead_of_spooling() {
+async fn shim_waits_for_busy_server() {
     let server = start(vec![("flood", external("python3", "flood_progress.py"))]).await;
     // A subscription that is not read: once its queue is full, the server
     // stops taking frames from the shim, and the shim's memory fills up.

@@ -55,7 +55,7 @@ async fn wait_exited(pid: u32) {
 }
 
 /// Asserts that the server terminated a job process whose shim died, and
-/// said so in the job's log.
+/// wrote that in the job's log.
 async fn assert_orphan_terminated(server: &TestServer, id: &str, pid: u32) {
     wait_exited(pid).await;
     let entries = server.core().jobs.logs().read(id, None);

@@ -1,11 +1,13 @@
 //! Ends a job process whose shim died without reporting the job's exit.
 //!
 //! The shim owns the job's socket and reaps the job, so a job whose shim
-//! was killed runs on with nobody to read its messages, enforce its timeout
-//! or cancel it. The server knows the job's pid from the shim's `HELLO`.
+//! was killed runs on, and nothing reads its messages, enforces its timeout
+//! or cancels it. The server has the job's pid from the shim's `HELLO`.
 //! Before it signals anything it opens a pidfd for that pid and checks that
-//! the process started no later than that `HELLO`, so a pid reused by an
-//! unrelated process is never signalled.
+//! the process started no later than that `HELLO`. A pid reused by an
+//! unrelated process fails that check, unless the reuse came within the
+//! two seconds of slack, which would take the kernel handing out every
+//! other pid in between.
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -53,8 +55,8 @@ impl Process {
         // SAFETY: the descriptor was just returned by pidfd_open and is
         // owned by nothing else.
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-        // The pidfd pins the pid, so what /proc says from now on is about
-        // the process the pidfd refers to, if it is still running.
+        // The pidfd pins the pid, so /proc describes the process the pidfd
+        // refers to from now on, if it is still running.
         let stat = ProcStat::read(pid)?;
         if stat.started_ms()? > reported_ms + START_TIME_SLACK_MS {
             return None;
@@ -169,7 +171,7 @@ mod tests {
     }
 
     #[test]
-    fn a_process_started_after_the_report_is_not_opened() {
+    fn open_rejects_a_process_started_after_the_report() {
         let own = std::process::id();
         assert!(Process::open(own, crate::clock::now_ms()).is_some());
         assert!(Process::open(own, 0).is_none(), "this process started after 1970");

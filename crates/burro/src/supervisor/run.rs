@@ -355,8 +355,8 @@ impl Run {
 
     /// Records that the shim process is gone. Without an exit report and
     /// without a connection left to read, the attempt is lost. A shim that
-    /// died before the job's exit may have left the job running with nobody
-    /// to supervise it, so the job process is terminated.
+    /// died before the job's exit may have left the job running unsupervised,
+    /// so the job process is terminated.
     pub fn shim_exited(&self, _inner: &Inner) {
         self.terminate_orphan("the job's shim exited before the job did");
         let mut state = self.lock();
