@@ -133,6 +133,77 @@ pub enum MessageError {
 /// Returns a [`MessageError`] naming the field at fault for invalid JSON, a
 /// non-object, a missing `type` or `jobId`, or a field of the wrong type.
 pub fn parse_line(line: &[u8]) -> Result<ParsedMessage, MessageError> {
+    if let Some(parsed) = parse_common(line) {
+        return Ok(parsed);
+    }
+    parse_value(line)
+}
+
+/// The fields of the messages a job sends most, read straight from the
+/// line without building a map of every field. Unknown fields are skipped.
+#[derive(serde::Deserialize)]
+struct CommonLine<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(rename = "jobId")]
+    job_id: String,
+    timestamp: Option<f64>,
+    percent: Option<f64>,
+    message: Option<String>,
+    data: Option<Value>,
+    #[serde(borrow)]
+    level: Option<std::borrow::Cow<'a, str>>,
+    protocol: Option<u64>,
+}
+
+/// Parses a valid `started`, `progress`, `heartbeat` or `log` line.
+/// Returns `None` for every other line, valid or not, which
+/// [`parse_value`] then parses, so the result and the error are always
+/// those of [`parse_value`]. A line with a duplicate field or a field of an
+/// unexpected type fails here and goes there too.
+fn parse_common(line: &[u8]) -> Option<ParsedMessage> {
+    let common: CommonLine<'_> = serde_json::from_slice(line).ok()?;
+    let data_is_valid = matches!(common.data, None | Some(Value::Object(_)));
+    let mut clamped_percent = None;
+    let message = match common.kind.as_ref() {
+        "started" => JobMessage::Started {
+            protocol: match common.protocol {
+                None => None,
+                Some(version) => Some(u32::try_from(version).ok()?),
+            },
+        },
+        "progress" if data_is_valid => {
+            let raw = common.percent?;
+            let percent = raw.clamp(0.0, 100.0);
+            if percent != raw {
+                clamped_percent = Some(raw);
+            }
+            JobMessage::Progress {
+                percent,
+                message: common.message,
+                data: common.data,
+            }
+        }
+        "heartbeat" => JobMessage::Heartbeat,
+        "log" if data_is_valid => JobMessage::Log {
+            level: LogLevel::parse(common.level.as_deref()?)?,
+            message: common.message?,
+            data: common.data,
+        },
+        _ => return None,
+    };
+    Some(ParsedMessage {
+        job_id: common.job_id,
+        timestamp: common.timestamp.and_then(finite_millis),
+        message,
+        clamped_percent,
+    })
+}
+
+/// Parses a line into a [`Value`] first. It is slower than
+/// [`parse_common`], but it accepts every line the protocol allows and
+/// names the field at fault in every other.
+fn parse_value(line: &[u8]) -> Result<ParsedMessage, MessageError> {
     // Lines that are not UTF-8 fail here too, and serde names the column.
     let value: Value = serde_json::from_slice(line).map_err(|err| MessageError::InvalidJson {
         reason: err.to_string(),
@@ -249,7 +320,10 @@ fn optional_protocol(object: &Map<String, Value>) -> Result<Option<u32>, Message
 }
 
 fn timestamp_millis(value: &Value) -> Option<i64> {
-    let number = value.as_f64()?;
+    finite_millis(value.as_f64()?)
+}
+
+fn finite_millis(number: f64) -> Option<i64> {
     if number.is_finite() && number.abs() < 1e15 {
         Some(number as i64)
     } else {
@@ -381,6 +455,88 @@ mod tests {
             let err = parse_line(line).expect_err(&format!("{} should be rejected", String::from_utf8_lossy(line)));
             let text = err.to_string();
             assert!(text.contains(expected), "line {:?}: error {text:?} should contain {expected:?}", String::from_utf8_lossy(line));
+        }
+    }
+
+    /// Lines of every kind, valid and invalid, on which the fast path and
+    /// the map-based parser must agree.
+    fn agreement_lines() -> Vec<String> {
+        let mut lines: Vec<String> = [
+            r#"{"type":"progress","jobId":"j","percent":50,"message":"half","data":{"a":[1,{"b":null}]},"timestamp":1700000000000}"#,
+            r#"{"type":"progress","jobId":"j","percent":50,"percent":60}"#,
+            r#"{"type":"progress","jobId":"j","percent":null}"#,
+            r#"{"type":"progress","jobId":"j","percent":1e400}"#,
+            r#"{"type":"progress","jobId":"j","percent":18446744073709551615}"#,
+            r#"{"type":"progress","jobId":"j","percent":-0.0}"#,
+            r#"{"type":"progress","jobId":"j","percent":5,"data":"text"}"#,
+            r#"{"type":"progress","jobId":"j","percent":5,"data":null,"message":null}"#,
+            r#"{"type":"progress","jobId":"j","percent":5,"level":7}"#,
+            r#"{"type":"progress","jobId":"j","percent":5,"protocol":"x"}"#,
+            r#"{"type":"progress","jobId":"j","percent":5,"timestamp":"soon"}"#,
+            r#"{"type":"progress","jobId":"j","percent":5,"timestamp":1e300}"#,
+            r#"{"type":"progress","jobId":"j","percent":5,"timestamp":-1700000000000.7}"#,
+            r#"{"type":"progress","jobId":"j","percent":5,"unknown":{"deep":[1,2,3]},"more":"x"}"#,
+            r#"{"type":"progress","jobId":"j
+","percent":5,"message":"café "q""}"#,
+            r#"{"type":"heartbeat","jobId":"j","percent":"x","data":5,"message":7}"#,
+            r#"{"type":"heartbeat","jobId":"j","timestamp":17}"#,
+            r#"{"type":"heartbeat","jobId":"j","jobId":"k"}"#,
+            r#"{"type":"heartbeat"}"#,
+            r#"{"type":"heartbeat","jobId":null}"#,
+            r#"{"type":null,"jobId":"j"}"#,
+            r#"{"type":"log","jobId":"j","level":"warning","message":"m","data":{"k":1}}"#,
+            r#"{"type":"log","jobId":"j","level":"WARN","message":"m"}"#,
+            r#"{"type":"log","jobId":"j","level":"info","message":null}"#,
+            r#"{"type":"log","jobId":"j","level":null,"message":"m"}"#,
+            r#"{"type":"log","jobId":"j","level":"info","message":"m","data":[1]}"#,
+            r#"{"type":"started","jobId":"j","protocol":2}"#,
+            r#"{"type":"started","jobId":"j","protocol":4294967296}"#,
+            r#"{"type":"started","jobId":"j","protocol":2.0}"#,
+            r#"{"type":"started","jobId":"j","protocol":null,"percent":"x"}"#,
+            r#"{"type":"completed","jobId":"j","result":null}"#,
+            r#"{"type":"completed","jobId":"j","result":{"r":1},"percent":3}"#,
+            r#"{"type":"failed","jobId":"j","error":"e","message":"m"}"#,
+            r#"{"type":"other","jobId":"j","percent":3}"#,
+            r#"  {"type":"heartbeat","jobId":"j"}  "#,
+            r#"{"type":"heartbeat","jobId":"j"} trailing"#,
+            r#"[{"type":"heartbeat","jobId":"j"}]"#,
+            "",
+            "null",
+        ]
+        .iter()
+        .map(|line| line.to_string())
+        .collect();
+        // Every field of the fast path, in every kind, with each kind of value.
+        let values = ["null", "true", "3", "-2.5", r#""text""#, "[1]", r#"{"k":"v"}"#];
+        for kind in ["started", "progress", "heartbeat", "log", "completed"] {
+            for field in ["percent", "message", "data", "level", "protocol", "timestamp"] {
+                for value in values {
+                    lines.push(format!(r#"{{"type":"{kind}","jobId":"j","percent":42,"level":"info","message":"m","{field}":{value}}}"#));
+                    lines.push(format!(r#"{{"type":"{kind}","jobId":"j","{field}":{value}}}"#));
+                }
+            }
+        }
+        lines
+    }
+
+    #[test]
+    fn fast_path_agrees_with_map_parser() {
+        for line in agreement_lines() {
+            let fast = parse_line(line.as_bytes());
+            let full = parse_value(line.as_bytes());
+            assert_eq!(fast, full, "line: {line}");
+        }
+    }
+
+    #[test]
+    fn fast_path_takes_common_lines() {
+        for line in [
+            r#"{"type":"progress","jobId":"j","percent":50,"message":"m","data":{"k":1}}"#,
+            r#"{"type":"heartbeat","jobId":"j"}"#,
+            r#"{"type":"log","jobId":"j","level":"info","message":"m"}"#,
+            r#"{"type":"started","jobId":"j","protocol":2}"#,
+        ] {
+            assert!(parse_common(line.as_bytes()).is_some(), "line: {line}");
         }
     }
 
