@@ -217,6 +217,32 @@ impl ShimFrame {
         out
     }
 
+    /// Decodes one frame line like [`decode`](Self::decode), but keeps the
+    /// line's buffer as the payload of a `MSG`, `OUT` or `ERR` frame: its
+    /// prefix is removed in place instead of the payload being copied.
+    ///
+    /// # Errors
+    ///
+    /// Returns a description of the first malformed part.
+    pub fn decode_owned(mut line: Vec<u8>) -> Result<Self, String> {
+        let (keyword, rest) = split_word(&line);
+        let (frame, fields) = match keyword {
+            b"MSG" => ("MSG", 2),
+            b"OUT" => ("OUT", 1),
+            b"ERR" => ("ERR", 1),
+            _ => return Self::decode(&line),
+        };
+        let (seq, rest) = number_field(rest, frame, "sequence number")?;
+        let (conn, payload) = if fields == 2 { number_field(rest, frame, "connection id")? } else { (0, rest) };
+        let start = line.len() - payload.len();
+        line.drain(..start);
+        Ok(match frame {
+            "MSG" => ShimFrame::Message { seq, conn, line },
+            "OUT" => ShimFrame::Stdout { seq, line },
+            _ => ShimFrame::Stderr { seq, line },
+        })
+    }
+
     /// Decodes one frame line (without its newline).
     ///
     /// # Errors
@@ -368,6 +394,8 @@ mod tests {
             let encoded = frame.encode();
             assert_eq!(encoded.last(), Some(&b'\n'));
             let decoded = ShimFrame::decode(&encoded[..encoded.len() - 1]).unwrap();
+            let owned = ShimFrame::decode_owned(encoded[..encoded.len() - 1].to_vec()).unwrap();
+            assert_eq!(owned, decoded);
             assert_eq!(decoded, frame);
         }
     }
@@ -392,6 +420,11 @@ mod tests {
     #[test]
     fn malformed_frames_are_errors() {
         assert!(ShimFrame::decode(b"MSG x 1 {}").unwrap_err().contains("sequence number \"x\""));
+        assert!(ShimFrame::decode_owned(b"MSG x 1 {}".to_vec()).unwrap_err().contains("sequence number \"x\""));
+        assert!(ShimFrame::decode_owned(b"MSG 1 y {}".to_vec()).unwrap_err().contains("connection id \"y\""));
+        assert!(ShimFrame::decode_owned(b"NOPE 1".to_vec()).unwrap_err().contains("unknown shim frame"));
+        assert_eq!(ShimFrame::decode_owned(b"OUT 3 ".to_vec()).unwrap(), ShimFrame::Stdout { seq: 3, line: Vec::new() });
+        assert_eq!(ShimFrame::decode_owned(b"ERR 4".to_vec()).unwrap(), ShimFrame::Stderr { seq: 4, line: Vec::new() });
         assert!(ShimFrame::decode(b"NOPE 1").unwrap_err().contains("unknown shim frame"));
         assert!(ServerFrame::decode(b"ACK").is_err());
         assert!(ShimFrame::decode(b"EXIT 1 {").unwrap_err().contains("invalid EXIT frame"));

@@ -122,7 +122,7 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
         let mut clock = BatchClock::now();
         while let Some(event) = lines.next_event() {
             match event {
-                LineEvent::Line(line) => match ShimFrame::decode(&line) {
+                LineEvent::Line(line) => match ShimFrame::decode_owned(line) {
                     Ok(frame) => {
                         if run.already_processed(frame.seq()) {
                             continue;
