@@ -260,7 +260,7 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
 
         if let Phase::Reported { since } = phase {
             process::reap_exited();
-            let children_left = !process::list_children().is_empty();
+            let children_left = process::has_children();
             if children_left && termination.as_ref().is_some_and(|t| t.killed) {
                 // Descendants reparented after the first sweep get SIGKILL too.
                 process::signal_orphans(None, Signal::SIGKILL);
