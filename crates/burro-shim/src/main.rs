@@ -23,7 +23,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::process::ExitCode;
 
-/// Largest spec accepted on standard input (the job data is part of it).
+/// Largest spec accepted, in a file or on standard input (the job data is
+/// part of it).
 const MAX_SPEC_BYTES: u64 = 256 * 1024 * 1024;
 
 fn main() -> ExitCode {
@@ -106,7 +107,15 @@ fn read_spec(source: SpecSource) -> Result<ShimSpec, String> {
             let claimed = path.with_extension("spec.claimed");
             std::fs::rename(&path, &claimed)
                 .map_err(|err| format!("claiming the job spec file {} failed (a restarted server may have taken it back): {err}", path.display()))?;
-            let read = std::fs::File::open(&claimed).and_then(|file| file.take(MAX_SPEC_BYTES).read_to_end(&mut input));
+            // File's own read_to_end sizes its buffer from the file's length;
+            // through Take it would read in small, growing pieces.
+            let read = std::fs::File::open(&claimed).and_then(|mut file| {
+                let length = file.metadata()?.len();
+                if length > MAX_SPEC_BYTES {
+                    return Err(std::io::Error::other(format!("the spec file has {length} bytes, more than the {MAX_SPEC_BYTES} accepted")));
+                }
+                file.read_to_end(&mut input)
+            });
             let _ = std::fs::remove_file(&claimed);
             read.map_err(|err| format!("reading the job spec file {} failed: {err}", claimed.display()))?;
             "the spec file"
