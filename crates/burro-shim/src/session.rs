@@ -66,9 +66,10 @@ impl SessionHandle {
         let shared = &self.shared;
         let mut spool = shared.spool.borrow_mut();
         let spooling = spool.as_ref().is_some_and(|s| s.pending() > 0);
-        // While connected, the caller reads from the job only when there is
-        // room, so memory exceeds the limit by one frame at most.
-        let full = !shared.connected.get() && shared.unacked_bytes.get() + bytes.len() > MEMORY_LIMIT && !shared.unacked.borrow().is_empty();
+        // A frame goes to memory while memory is below the limit, so it
+        // exceeds the limit by one frame at most. A caller that reads from
+        // the job only while there is room therefore never spools.
+        let full = shared.unacked_bytes.get() >= MEMORY_LIMIT;
         if let (true, Some(spool)) = (spooling || full, spool.as_mut()) {
             match spool.append(&bytes) {
                 Ok(()) => return,

@@ -145,7 +145,18 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
             Some(t) if !t.killed => t.kill_at,
             _ => far_future,
         };
-        let accepting_items = handle.shared.has_room(MAX_UNACKED_BYTES);
+        // Once the job has exited, what it left in its sockets and pipes is
+        // read at once, into the spool if need be: the drain limit would
+        // otherwise drop it while a busy server takes its time.
+        let job_running = matches!(phase, Phase::Running);
+        let has_room = |shared: &session::Shared| {
+            if job_running {
+                shared.has_room(MAX_UNACKED_BYTES)
+            } else {
+                shared.pending_bytes() < MAX_UNACKED_BYTES
+            }
+        };
+        let accepting_items = has_room(&handle.shared);
 
         tokio::select! {
             item = items_rx.recv(), if accepting_items => {
@@ -156,7 +167,7 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
                     // turn, so a busy job costs one pass of this loop, with
                     // its timers, per batch instead of per line.
                     for _ in 1..ITEM_QUEUE {
-                        if !handle.shared.has_room(MAX_UNACKED_BYTES) {
+                        if !has_room(&handle.shared) {
                             break;
                         }
                         let Ok(item) = items_rx.try_recv() else { break };

@@ -396,6 +396,47 @@ async fn shim_waits_for_busy_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_messages_survive_busy_server_at_exit() {
+    let server = start(vec![("flood", external("python3", "flood_progress.py"))]).await;
+    // The server takes no frames once the queue of this unread subscription
+    // is full (1,024 events). The shim then holds 512 KiB of frames and
+    // queues 256 more items, so the job's last output lines wait in the
+    // pipe when the job exits. The shim must read them after the exit,
+    // however long the server stays busy.
+    let mut progress = server.core().events.subscribe("job.external.progress");
+    let (count, lines) = (1_600, 3_000);
+    let data = json!({"count": count, "pad": 900, "stdout": lines});
+    let id = server.core().jobs.enqueue("flood", data, once()).await.unwrap();
+    let running = server.wait_for(&id, "the job's pid", |job| job.pid.is_some()).await;
+    let pid = running.pid.expect("a pid") as i32;
+    within(WAIT, async {
+        while !matches!(process_state(pid), None | Some('Z')) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The shim reads what is left for at most a second after the exit.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut received = 0;
+    while received < count {
+        let event = within(WAIT, progress.recv()).await.expect("the bus is open");
+        if event.data["jobId"] == id.as_str() {
+            let message = event.data["message"].as_str().unwrap_or_default();
+            assert_eq!(message.split(' ').next(), Some(received.to_string().as_str()), "progress arrives in order");
+            received += 1;
+        }
+    }
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+    assert_eq!(job.result, Some(json!({"sent": count})));
+    let output: Vec<String> = server.core().jobs.logs().read(&id, None).into_iter().filter(|entry| entry.stream == "stdout").map(|entry| entry.message).collect();
+    let expected: Vec<String> = (0..lines).map(|i| format!("out {i}")).collect();
+    assert_eq!(output.len(), expected.len(), "every stdout line reaches the job log");
+    assert!(output == expected, "stdout lines arrive whole and in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_trivial_jobs_complete() {
     let server = start_with(
         |config| {

@@ -2,7 +2,9 @@
 """Test worker: sends data.count progress messages (default 20000) as fast as it can.
 
 Message i, counting from 0 to count - 1, has percent i * 100 / count and
-message str(i). The result is {"sent": count}.
+message str(i), followed by a space and data.pad x's when data.pad is set.
+Then it prints data.stdout lines "out <i>" to standard output. The result is
+{"sent": count}.
 """
 
 import os
@@ -15,8 +17,12 @@ from donkeylabs_job import run_job  # noqa: E402
 
 def handler(job):
     count = int((job.data or {}).get("count", 20000))
+    pad = int((job.data or {}).get("pad", 0))
+    suffix = " " + "x" * pad if pad else ""
     for i in range(count):
-        job.progress(i * 100 / count, str(i))
+        job.progress(i * 100 / count, str(i) + suffix)
+    for i in range(int((job.data or {}).get("stdout", 0))):
+        print("out {}".format(i))
     return {"sent": count}
 
 
