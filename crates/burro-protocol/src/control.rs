@@ -122,6 +122,11 @@ pub struct Hello {
     pub shim_pid: u32,
     /// Pid of the job process; absent when it could not be started.
     pub child_pid: Option<u32>,
+    /// Start time of the job process after boot, in clock ticks (field 22 of
+    /// `/proc/PID/stat`). With the pid it names that process even after the
+    /// pid is reused. Absent from shims older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_start_ticks: Option<u64>,
     /// Address of the job socket: a path or `tcp://127.0.0.1:PORT`.
     pub address: String,
 }
@@ -372,6 +377,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hello_without_start_ticks_decodes() {
+        let line = br#"HELLO {"version":1,"jobId":"j","token":"t","attempt":1,"shimPid":10,"childPid":11,"address":"/s"}"#;
+        let ShimFrame::Hello(hello) = ShimFrame::decode(line).unwrap() else { panic!("not a HELLO") };
+        assert_eq!(hello.child_pid, Some(11));
+        assert_eq!(hello.child_start_ticks, None);
+    }
+
+    #[test]
     fn shim_frames_round_trip() {
         let frames = vec![
             ShimFrame::Hello(Hello {
@@ -380,6 +393,7 @@ mod tests {
                 token: "t".into(),
                 attempt: 2,
                 shim_pid: 10,
+                child_start_ticks: Some(4242),
                 child_pid: Some(11),
                 address: "/tmp/s.sock".into(),
             }),

@@ -520,6 +520,7 @@ fn hello() -> impl Strategy<Value = Hello> {
                 attempt,
                 shim_pid,
                 child_pid,
+                child_start_ticks: child_pid.map(|pid| u64::from(pid) * 3),
                 address,
             },
         )

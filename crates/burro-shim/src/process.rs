@@ -214,6 +214,15 @@ pub fn signal_orphans(leader: Option<Pid>, signal: Signal) -> usize {
     count
 }
 
+/// Returns the start time of process `pid` after boot, in clock ticks:
+/// field 22 of `/proc/PID/stat`, counted after the parenthesized name,
+/// which may contain spaces.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// Returns true while the shim has a child process, without reaping it:
 /// `waitid` reports `ECHILD` only when there is none. Cheaper than listing
 /// the children through `/proc`.

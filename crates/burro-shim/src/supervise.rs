@@ -107,6 +107,8 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
     };
     let pid = Pid::from_raw(child.id() as i32);
     hello.child_pid = Some(child.id());
+    // The job is an unreaped child of this shim, so its pid still names it.
+    hello.child_start_ticks = process::start_ticks(child.id());
     let mut handle = session::start(job_id.clone(), spec.control_socket.clone(), hello, spool_path(&spec));
 
     let registry = Rc::new(Registry::default());
@@ -330,6 +332,7 @@ fn hello_for(spec: &ShimSpec, address: String) -> Hello {
         attempt: spec.attempt,
         shim_pid: std::process::id(),
         child_pid: None,
+        child_start_ticks: None,
         address,
     }
 }

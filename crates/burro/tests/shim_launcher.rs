@@ -58,11 +58,27 @@ async fn wait_exited(pid: u32) {
 /// wrote that in the job's log.
 async fn assert_orphan_terminated(server: &TestServer, id: &str, pid: u32) {
     wait_exited(pid).await;
-    let entries = server.core().jobs.logs().read(id, None);
-    assert!(
-        entries.iter().any(|entry| entry.message.contains(&format!("terminating the job process {pid}"))),
-        "the job log says the job process was terminated: {entries:?}"
-    );
+    within(Duration::from_secs(10), async {
+        loop {
+            let entries = server.core().jobs.logs().read(id, None);
+            let noted = |text: &str| entries.iter().any(|entry| entry.message.contains(text));
+            if noted(&format!("terminating the job process {pid}")) && noted(&format!("sent SIGTERM to the job process {pid}")) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// Returns the pids whose parent is `pid`, from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)) == Some(pid.to_string().as_str())))
+        .collect()
 }
 
 /// Enqueues a `wait` job that runs until `release` exists.
@@ -147,6 +163,32 @@ async fn silent_job_of_a_killed_shim_is_terminated() {
     let job = server.wait_finished(&id).await;
     assert_eq!(job.status, JobStatus::Failed);
     assert_orphan_terminated(&server, &id, worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_member_ignoring_sigterm_is_killed() {
+    let server = start(vec![("stubborn", external("bash", "group_ignores_term.sh"))]).await;
+    let id = server.core().jobs.enqueue("stubborn", json!({}), once()).await.unwrap();
+    let job = server.wait_for(&id, "the job's pid", |job| job.pid.is_some()).await;
+    let worker = job.pid.expect("a pid") as u32;
+    let child = within(Duration::from_secs(10), async {
+        loop {
+            if let Some(child) = children_of(worker).into_iter().next() {
+                return child;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    kill(parent_of(worker), libc::SIGKILL);
+    server.wait_finished(&id).await;
+    assert_orphan_terminated(&server, &id, worker).await;
+    // The child outlives SIGTERM and ends only with the SIGKILL that
+    // follows the kill grace.
+    wait_exited(child).await;
+    let entries = server.core().jobs.logs().read(&id, None);
+    assert!(entries.iter().any(|entry| entry.message.contains("got SIGKILL")), "{entries:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,8 +106,9 @@ struct State {
     first_decisive_seq: Option<u64>,
     /// The exit record this run was finished from, removed on release.
     exit_record: Option<std::path::PathBuf>,
-    /// The job's pid as its shim reported it, and when, in epoch ms.
-    job_pid: Option<(u32, i64)>,
+    /// The job's pid and its start time in clock ticks after boot, as the
+    /// shim reported them.
+    job_process: Option<(u32, u64)>,
 }
 
 pub(crate) struct Run {
@@ -163,7 +164,7 @@ impl Run {
                 disconnected_since: None,
                 first_decisive_seq: None,
                 exit_record: None,
-                job_pid: None,
+                job_process: None,
             }),
         }
     }
@@ -357,7 +358,7 @@ impl Run {
     /// without a connection left to read, the attempt is lost. A shim that
     /// died before the job's exit may have left the job running unsupervised,
     /// so the job process is terminated.
-    pub fn shim_exited(&self, _inner: &Inner) {
+    pub fn shim_exited(self: &Arc<Self>, _inner: &Inner) {
         self.terminate_orphan("the job's shim exited before the job did");
         let mut state = self.lock();
         state.shim_exited = true;
@@ -368,19 +369,22 @@ impl Run {
 
     /// Terminates the job process when its shim is gone, or presumed gone,
     /// before it reported the job's exit: nothing else would stop it, and a
-    /// retry would run next to it. `why` starts the note in the job's log.
-    pub fn terminate_orphan(&self, why: &str) {
+    /// retry would run beside it. `why` starts the notes in the job's log.
+    pub fn terminate_orphan(self: &Arc<Self>, why: &str) {
         let orphan = {
             let state = self.lock();
             match state.summary.report {
-                None => state.job_pid,
+                None => state.job_process,
                 Some(_) => None,
             }
         };
-        if let Some((pid, reported_ms)) = orphan {
-            self.note("error", format!("{why}; terminating the job process {pid} if it still runs"));
-            tokio::spawn(super::orphan::terminate(self.job_id.clone(), pid, reported_ms, self.kill_grace));
-        }
+        let Some((pid, start_ticks)) = orphan else { return };
+        self.note("error", format!("{why}; terminating the job process {pid} if it still runs"));
+        let run = self.clone();
+        tokio::spawn(async move {
+            let outcome = super::orphan::terminate(run.job_id.clone(), pid, start_ticks, run.kill_grace).await;
+            run.note("error", outcome.describe(pid, run.kill_grace));
+        });
     }
 
     fn deliver_lost(state: &mut State, job_id: &str) {
@@ -423,8 +427,10 @@ impl Run {
     /// the run, for a shim that dies before the job.
     pub fn on_hello(&self, inner: &Inner, hello: &Hello) {
         inner.live.pid(&self.job_id, hello.child_pid.map(i64::from));
-        if let Some(pid) = hello.child_pid {
-            self.lock().job_pid = Some((pid, now_ms()));
+        // A shim older than the start time field leaves the server no safe
+        // way to find its job again, so such a job is never signalled.
+        if let (Some(pid), Some(ticks)) = (hello.child_pid, hello.child_start_ticks) {
+            self.lock().job_process = Some((pid, ticks));
         }
     }
 
