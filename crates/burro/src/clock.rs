@@ -11,8 +11,8 @@ pub fn now_ms() -> i64 {
 /// One reading of both clocks, shared by a batch of frames. In a flood of
 /// small messages, reading the clocks for every message took 5 % of the
 /// server's CPU. [`BatchClock::tick`] takes a fresh reading every
-/// [`BatchClock::REFRESH`] frames, so a batch that waits long on slow event
-/// subscribers still records times close to the truth.
+/// [`BatchClock::REFRESH`] frames, and the control loop takes a new one
+/// after any frame that had to wait, for slow event subscribers say.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchClock {
     /// Monotonic time of the reading.

@@ -437,6 +437,28 @@ async fn last_messages_survive_busy_server_at_exit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_subscriber_causes_no_false_stale() {
+    let mut flood = external("python3", "flood_progress.py");
+    flood.heartbeat_timeout = Some(Duration::from_secs(1));
+    let server = start(vec![("flood", flood)]).await;
+    let mut stale = server.core().events.subscribe("job.stale");
+    // A handler that takes 20 ms per event: once its queue of 1,024 is full,
+    // the server processes one message every 20 ms. Each processed message
+    // is a sign of life, so the job must never look silent.
+    server.core().events.on("job.external.progress", |_| async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(())
+    });
+    let count = 1_200;
+    let id = server.core().jobs.enqueue("flood", json!({"count": count}), once()).await.unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+    assert_eq!(job.result, Some(json!({"sent": count})));
+    let event = tokio::time::timeout(Duration::from_millis(100), stale.recv()).await;
+    assert!(event.is_err(), "false job.stale: {:?}", event.ok().flatten().map(|event| event.data.clone()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_trivial_jobs_complete() {
     let server = start_with(
         |config| {

@@ -127,9 +127,17 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
                         if run.already_processed(frame.seq()) {
                             continue;
                         }
-                        run.process(&inner, frame, &clock).await;
+                        let waited = poll_tracking_waits(run.process(&inner, frame, &clock)).await;
                         processed_any = true;
-                        clock.tick();
+                        // A frame that waited (for a full subscriber queue,
+                        // say) may have taken long: the next one reads the
+                        // clock again, so heartbeats never lag by more than
+                        // one wait.
+                        if waited {
+                            clock = BatchClock::now();
+                        } else {
+                            clock.tick();
+                        }
                         if clock.instant.saturating_duration_since(last_ack) >= ACK_INTERVAL {
                             run.flush_log();
                             let _ = tx.send(ServerFrame::Ack(run.ackable_seq()).encode());
@@ -156,6 +164,20 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
     }
     tracing::debug!(job_id = %run.job_id, "shim disconnected");
     run.detach(session);
+}
+
+/// Runs `future` to its end and returns true when it was ever pending,
+/// that is, when it had to wait.
+async fn poll_tracking_waits(future: impl std::future::Future<Output = ()>) -> bool {
+    let mut future = std::pin::pin!(future);
+    let mut waited = false;
+    std::future::poll_fn(|context| {
+        let poll = future.as_mut().poll(context);
+        waited |= poll.is_pending();
+        poll
+    })
+    .await;
+    waited
 }
 
 /// Reads the next frame; `None` at EOF. Used only for the handshake.
