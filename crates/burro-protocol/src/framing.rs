@@ -24,6 +24,9 @@ pub struct LineBuffer {
     max_line: usize,
     /// True while the bytes of an overflowed line are being skipped.
     skipping: bool,
+    /// Length of the unread part already searched without finding a
+    /// newline, so a long line arriving in many pieces is searched once.
+    searched: usize,
 }
 
 impl LineBuffer {
@@ -40,6 +43,7 @@ impl LineBuffer {
             start: 0,
             max_line,
             skipping: false,
+            searched: 0,
         }
     }
 
@@ -57,7 +61,12 @@ impl LineBuffer {
     pub fn next_event(&mut self) -> Option<LineEvent> {
         loop {
             let pending = &self.buf[self.start..];
-            match memchr(b'\n', pending) {
+            let found = memchr(b'\n', &pending[self.searched..]).map(|pos| pos + self.searched);
+            self.searched = match found {
+                Some(_) => 0,
+                None => pending.len(),
+            };
+            match found {
                 Some(pos) if self.skipping => {
                     self.start += pos + 1;
                     self.skipping = false;
@@ -76,12 +85,14 @@ impl LineBuffer {
                 None if self.skipping => {
                     self.buf.clear();
                     self.start = 0;
+                    self.searched = 0;
                     return None;
                 }
                 None if pending.len() > self.max_line => {
                     let len = pending.len();
                     self.buf.clear();
                     self.start = 0;
+                    self.searched = 0;
                     self.skipping = true;
                     return Some(LineEvent::Overflow { len });
                 }
@@ -100,6 +111,7 @@ impl LineBuffer {
             self.skipping = false;
             self.buf.clear();
             self.start = 0;
+            self.searched = 0;
             return None;
         }
         let rest = &self.buf[self.start..];
@@ -109,6 +121,7 @@ impl LineBuffer {
         let line = rest.to_vec();
         self.buf.clear();
         self.start = 0;
+        self.searched = 0;
         Some(LineEvent::Line(line))
     }
 

@@ -94,14 +94,20 @@ impl Spool {
         // Frames are cut from `partial` by position; the bytes already
         // returned are removed once per read, not once per frame.
         let mut consumed = 0;
+        // Bytes after `consumed` already searched for a newline, so a frame
+        // longer than one read is searched once.
+        let mut searched = 0;
         while taken < budget {
-            if let Some(len) = self.partial[consumed..].iter().position(|&b| b == b'\n') {
-                let frame = self.partial[consumed..=consumed + len].to_vec();
-                consumed += len + 1;
+            if let Some(len) = self.partial[consumed + searched..].iter().position(|&b| b == b'\n') {
+                let end = consumed + searched + len;
+                let frame = self.partial[consumed..=end].to_vec();
+                consumed = end + 1;
+                searched = 0;
                 taken += frame.len();
                 frames.push(frame);
                 continue;
             }
+            searched = self.partial.len() - consumed;
             if self.read_offset == self.write_offset {
                 break;
             }
