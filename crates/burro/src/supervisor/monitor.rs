@@ -24,10 +24,13 @@ pub(crate) async fn heartbeat_monitor(inner: Weak<Inner>) {
                 Liveness::Healthy => {}
                 Liveness::Stale { since_ms } => {
                     tracing::warn!(job_id = %run.job_id, job_name = %run.name, elapsed_ms = since_ms, "job is stale: no message within its heartbeat timeout");
-                    inner
-                        .events
-                        .emit("job.stale", json!({"jobId": run.job_id, "name": run.name, "timeSinceHeartbeat": since_ms}))
-                        .await;
+                    // The emit waits while a subscriber's queue is full; on a
+                    // task of its own it cannot hold up the checks of the
+                    // other jobs. A run reports stale once until it is heard
+                    // from again, so these tasks stay few.
+                    let events = inner.events.clone();
+                    let data = json!({"jobId": run.job_id, "name": run.name, "timeSinceHeartbeat": since_ms});
+                    tokio::spawn(async move { events.emit("job.stale", data).await });
                 }
                 Liveness::Dead { since_ms } => {
                     tracing::warn!(job_id = %run.job_id, job_name = %run.name, elapsed_ms = since_ms, "no message for twice the heartbeat timeout; terminating the job");
