@@ -66,10 +66,15 @@ impl SessionHandle {
         let shared = &self.shared;
         let mut spool = shared.spool.borrow_mut();
         let spooling = spool.as_ref().is_some_and(|s| s.pending() > 0);
-        // A frame goes to memory while memory is below the limit, so it
-        // exceeds the limit by one frame at most. A caller that reads from
-        // the job only while there is room therefore never spools.
-        let full = shared.unacked_bytes.get() >= MEMORY_LIMIT;
+        // While the server is connected, frames stay in memory: the session
+        // sends only frames in memory and brings spooled ones back only when
+        // acknowledgements make room, and the server acknowledges nothing
+        // after a job's terminal message until the job's exit. A frame
+        // spooled then, the exit among them, would never be sent. Memory
+        // stays bounded because the caller reads from a running job only
+        // while memory is below the limit, and a job that has exited left
+        // no more than its sockets and pipes buffer.
+        let full = !shared.connected.get() && shared.unacked_bytes.get() >= MEMORY_LIMIT;
         if let (true, Some(spool)) = (spooling || full, spool.as_mut()) {
             match spool.append(&bytes) {
                 Ok(()) => return,

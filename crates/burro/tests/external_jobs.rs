@@ -459,6 +459,23 @@ async fn slow_subscriber_causes_no_false_stale() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_after_completed_does_not_stall() {
+    let server = start(vec![("chatty", external("python3", "output_after_complete.py"))]).await;
+    // About 1 MB of output after `completed`. The server acknowledges no
+    // frame after the terminal message until the job exits, so the shim
+    // takes at most 512 KiB of it; the job is stopped `kill_grace` after
+    // its terminal message, and the attempt must end at once.
+    let id = server.core().jobs.enqueue("chatty", json!({"lines": 10_000}), once()).await.unwrap();
+    // Well below the shim's linger of 30 s, after which a stalled shim
+    // would give up and leave an exit record.
+    let job = within(Duration::from_secs(10), server.wait_finished(&id)).await;
+    assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+    assert_eq!(job.result, Some(json!({"ok": true})));
+    let output = server.core().jobs.logs().read(&id, None).into_iter().filter(|entry| entry.stream == "stdout").count();
+    assert!(output > 0, "the output read before the job stopped reaches the job log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_trivial_jobs_complete() {
     let server = start_with(
         |config| {

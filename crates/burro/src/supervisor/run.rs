@@ -359,7 +359,7 @@ impl Run {
     /// died before the job's exit may have left the job running unsupervised,
     /// so the job process is terminated.
     pub fn shim_exited(self: &Arc<Self>, _inner: &Inner) {
-        self.terminate_orphan("the job's shim exited before the job did");
+        self.terminate_orphan("the job's shim exited without reporting the job's exit");
         let mut state = self.lock();
         state.shim_exited = true;
         if state.control.is_none() {
