@@ -12,7 +12,7 @@ pub fn now_ms() -> i64 {
 /// small messages, reading the clocks for every message took 5 % of the
 /// server's CPU. [`BatchClock::tick`] takes a fresh reading every
 /// [`BatchClock::REFRESH`] frames, and the control loop takes a new one
-/// after any frame that had to wait, for slow event subscribers say.
+/// after any frame that had to wait, for example on slow event subscribers.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchClock {
     /// Monotonic time of the reading.

@@ -399,7 +399,7 @@ async fn shim_waits_for_busy_server() {
 async fn last_messages_survive_busy_server_at_exit() {
     let server = start(vec![("flood", external("python3", "flood_progress.py"))]).await;
     // The server takes no frames once the queue of this unread subscription
-    // is full (1,024 events). The shim then holds 512 KiB of frames and
+    // is full (1,024 events). The shim then keeps 512 KiB of frames and
     // queues 256 more items, so the job's last output lines wait in the
     // pipe when the job exits. The shim must read them after the exit,
     // however long the server stays busy.
@@ -463,8 +463,8 @@ async fn output_after_completed_does_not_stall() {
     let server = start(vec![("chatty", external("python3", "output_after_complete.py"))]).await;
     // About 1 MB of output after `completed`. The server acknowledges no
     // frame after the terminal message until the job exits, so the shim
-    // takes at most 512 KiB of it; the job is stopped `kill_grace` after
-    // its terminal message, and the attempt must end at once.
+    // takes at most 512 KiB of it. The job is stopped `kill_grace` after
+    // its terminal message, and then the attempt must end at once.
     let id = server.core().jobs.enqueue("chatty", json!({"lines": 10_000}), once()).await.unwrap();
     // Well below the shim's linger of 30 s, after which a stalled shim
     // would give up and leave an exit record.

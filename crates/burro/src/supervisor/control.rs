@@ -129,10 +129,10 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
                         }
                         let waited = poll_tracking_waits(run.process(&inner, frame, &clock)).await;
                         processed_any = true;
-                        // A frame that waited (for a full subscriber queue,
-                        // say) may have taken long: the next one reads the
-                        // clock again, so heartbeats never lag by more than
-                        // one wait.
+                        // A frame that waited, for example on a full
+                        // subscriber queue, may have taken long. The next
+                        // frame reads the clock again, so heartbeats never
+                        // lag by more than one wait.
                         if waited {
                             clock = BatchClock::now();
                         } else {
