@@ -72,8 +72,9 @@ impl SessionHandle {
         // after a job's terminal message until the job's exit. A frame
         // spooled then, the exit among them, would never be sent. Memory
         // stays bounded because the caller reads from a running job only
-        // while memory is below the limit, and a job that has exited left
-        // no more than its sockets and pipes buffer.
+        // while memory is below the limit. After the job's exit it reads
+        // what the sockets and pipes buffer, and what descendants still
+        // write, for at most the one-second drain limit.
         let full = !shared.connected.get() && shared.unacked_bytes.get() >= MEMORY_LIMIT;
         if let (true, Some(spool)) = (spooling || full, spool.as_mut()) {
             match spool.append(&bytes) {
