@@ -230,22 +230,13 @@ impl ShimFrame {
     ///
     /// Returns a description of the first malformed part.
     pub fn decode_owned(mut line: Vec<u8>) -> Result<Self, String> {
-        let (keyword, rest) = split_word(&line);
-        let (frame, fields) = match keyword {
-            b"MSG" => ("MSG", 2),
-            b"OUT" => ("OUT", 1),
-            b"ERR" => ("ERR", 1),
-            _ => return Self::decode(&line),
-        };
-        let (seq, rest) = number_field(rest, frame, "sequence number")?;
-        let (conn, payload) = if fields == 2 { number_field(rest, frame, "connection id")? } else { (0, rest) };
-        let start = line.len() - payload.len();
-        line.drain(..start);
-        Ok(match frame {
-            "MSG" => ShimFrame::Message { seq, conn, line },
-            "OUT" => ShimFrame::Stdout { seq, line },
-            _ => ShimFrame::Stderr { seq, line },
-        })
+        match payload_header(&line)? {
+            Some(header) => {
+                line.drain(..header.start);
+                Ok(header.frame(line))
+            }
+            None => Self::decode(&line),
+        }
     }
 
     /// Decodes one frame line (without its newline).
@@ -254,24 +245,15 @@ impl ShimFrame {
     ///
     /// Returns a description of the first malformed part.
     pub fn decode(line: &[u8]) -> Result<Self, String> {
+        if let Some(header) = payload_header(line)? {
+            let payload = line[header.start..].to_vec();
+            return Ok(header.frame(payload));
+        }
         let (keyword, rest) = split_word(line);
         match keyword {
             b"HELLO" => serde_json::from_slice(rest)
                 .map(ShimFrame::Hello)
                 .map_err(|e| format!("invalid HELLO frame: {e}")),
-            b"MSG" => {
-                let (seq, rest) = number_field(rest, "MSG", "sequence number")?;
-                let (conn, line) = number_field(rest, "MSG", "connection id")?;
-                Ok(ShimFrame::Message { seq, conn, line: line.to_vec() })
-            }
-            b"OUT" => {
-                let (seq, line) = number_field(rest, "OUT", "sequence number")?;
-                Ok(ShimFrame::Stdout { seq, line: line.to_vec() })
-            }
-            b"ERR" => {
-                let (seq, line) = number_field(rest, "ERR", "sequence number")?;
-                Ok(ShimFrame::Stderr { seq, line: line.to_vec() })
-            }
             b"DROP" => {
                 let (seq, rest) = number_field(rest, "DROP", "sequence number")?;
                 let (conn, rest) = number_field(rest, "DROP", "connection id")?;
@@ -350,6 +332,47 @@ impl ServerFrame {
             other => Err(format!("unknown server frame {:?}", String::from_utf8_lossy(other))),
         }
     }
+}
+
+/// The header of a `MSG`, `OUT` or `ERR` frame.
+struct PayloadHeader {
+    keyword: &'static str,
+    seq: u64,
+    /// The connection of a `MSG` frame; 0 for output.
+    conn: u64,
+    /// Offset of the payload in the line.
+    start: usize,
+}
+
+impl PayloadHeader {
+    fn frame(self, line: Vec<u8>) -> ShimFrame {
+        let seq = self.seq;
+        match self.keyword {
+            "MSG" => ShimFrame::Message { seq, conn: self.conn, line },
+            "OUT" => ShimFrame::Stdout { seq, line },
+            _ => ShimFrame::Stderr { seq, line },
+        }
+    }
+}
+
+/// Reads the header of a frame that carries a payload; `None` for the
+/// other frames.
+fn payload_header(line: &[u8]) -> Result<Option<PayloadHeader>, String> {
+    let (keyword, rest) = split_word(line);
+    let keyword = match keyword {
+        b"MSG" => "MSG",
+        b"OUT" => "OUT",
+        b"ERR" => "ERR",
+        _ => return Ok(None),
+    };
+    let (seq, rest) = number_field(rest, keyword, "sequence number")?;
+    let (conn, payload) = if keyword == "MSG" { number_field(rest, keyword, "connection id")? } else { (0, rest) };
+    Ok(Some(PayloadHeader {
+        keyword,
+        seq,
+        conn,
+        start: line.len() - payload.len(),
+    }))
 }
 
 fn split_word(line: &[u8]) -> (&[u8], &[u8]) {
