@@ -173,11 +173,8 @@ fn parse_common(line: &[u8]) -> Option<ParsedMessage> {
             },
         },
         "progress" if data_is_valid => {
-            let raw = common.percent?;
-            let percent = raw.clamp(0.0, 100.0);
-            if percent != raw {
-                clamped_percent = Some(raw);
-            }
+            let percent;
+            (percent, clamped_percent) = clamp_percent(common.percent?);
             JobMessage::Progress {
                 percent,
                 message: common.message,
@@ -238,10 +235,8 @@ fn parse_value(line: &[u8]) -> Result<ParsedMessage, MessageError> {
                     reason: "expected a number from 0 to 100",
                 });
             }
-            let percent = raw.clamp(0.0, 100.0);
-            if percent != raw {
-                clamped_percent = Some(raw);
-            }
+            let percent;
+            (percent, clamped_percent) = clamp_percent(raw);
             JobMessage::Progress {
                 percent,
                 message: optional_string(&mut object, "message")?,
@@ -278,6 +273,13 @@ fn parse_value(line: &[u8]) -> Result<ParsedMessage, MessageError> {
         message,
         clamped_percent,
     })
+}
+
+/// Clamps a progress percent to 0–100; returns it and, when it changed,
+/// the original.
+fn clamp_percent(raw: f64) -> (f64, Option<f64>) {
+    let percent = raw.clamp(0.0, 100.0);
+    (percent, (percent != raw).then_some(raw))
 }
 
 fn required_string(object: &mut Map<String, Value>, field: &'static str) -> Result<String, MessageError> {

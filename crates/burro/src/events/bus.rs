@@ -198,13 +198,7 @@ impl Events {
     /// event is in the history and has reached some matching subscriptions
     /// but not others.
     pub async fn emit(&self, name: impl Into<String>, data: serde_json::Value) {
-        self.deliver(Event {
-            name: name.into(),
-            data,
-            timestamp_ms: now_ms(),
-            origin: None,
-        })
-        .await;
+        self.emit_at(name, data, now_ms()).await;
     }
 
     /// Like [`emit`](Self::emit), with the event's time given by the
