@@ -28,13 +28,14 @@ impl Outcome {
     pub fn describe(&self, pid: u32, grace: Duration) -> String {
         match self {
             Outcome::Gone => format!("the job process {pid} had exited already"),
-            Outcome::Terminated { signalled, killed: 0 } => {
-                format!("sent SIGTERM to the job process {pid} and its process group ({signalled} processes); all exited within {} ms", grace.as_millis())
+            Outcome::Terminated { signalled, killed } => {
+                let processes = if *signalled == 1 { "1 process".to_string() } else { format!("{signalled} processes") };
+                let ending = match killed {
+                    0 => format!("none still ran after {} ms", grace.as_millis()),
+                    killed => format!("{killed} still ran after {} ms and got SIGKILL", grace.as_millis()),
+                };
+                format!("sent SIGTERM to the job process {pid} and its process group ({processes}); {ending}")
             }
-            Outcome::Terminated { signalled, killed } => format!(
-                "sent SIGTERM to the job process {pid} and its process group ({signalled} processes); {killed} still ran after {} ms and got SIGKILL",
-                grace.as_millis()
-            ),
         }
     }
 }
@@ -48,12 +49,17 @@ pub(crate) async fn terminate(job_id: String, pid: u32, start_ticks: u64, grace:
         return Outcome::Gone;
     };
     // While the leader runs, its group id cannot be given to another group,
-    // so every process in that group belongs to the job.
+    // so every process in that group belongs to the job. The group is
+    // checked again once a pidfd pins each member's pid.
     let mut members = vec![];
     if leader.group_leader {
-        members = group_members(pid).into_iter().filter_map(|member| Process::open(member, None)).filter(|member| member.pgrp == pid).collect();
+        members = group_members(pid)
+            .into_iter()
+            .filter_map(|member| Process::open(member, None))
+            .filter(|member| member.pgrp == pid)
+            .collect();
     }
-    tracing::warn!(job_id = %job_id, pid, group = members.len(), "the job's shim died; terminating the job process it left running");
+    tracing::warn!(job_id = %job_id, pid, group = members.len(), "terminating the job process that the job's dead shim left running");
     if !leader.send(libc::SIGTERM) {
         return Outcome::Gone;
     }
@@ -213,8 +219,8 @@ mod tests {
     fn outcome_descriptions_name_the_pid() {
         let grace = Duration::from_millis(500);
         assert_eq!(Outcome::Gone.describe(7, grace), "the job process 7 had exited already");
-        let all = Outcome::Terminated { signalled: 3, killed: 0 }.describe(7, grace);
-        assert!(all.contains("(3 processes); all exited within 500 ms"), "{all}");
+        let none = Outcome::Terminated { signalled: 1, killed: 0 }.describe(7, grace);
+        assert!(none.contains("(1 process); none still ran after 500 ms"), "{none}");
         let some = Outcome::Terminated { signalled: 3, killed: 2 }.describe(7, grace);
         assert!(some.contains("2 still ran after 500 ms and got SIGKILL"), "{some}");
     }

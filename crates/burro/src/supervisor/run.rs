@@ -368,9 +368,10 @@ impl Run {
     }
 
     /// Terminates the job process when its shim is gone, or presumed gone,
-    /// before it reported the job's exit: nothing else would stop it, and a
-    /// retry would run beside it. `why` starts the notes in the job's log.
-    pub fn terminate_orphan(self: &Arc<Self>, why: &str) {
+    /// before it reported the job's exit, because nothing else would stop it
+    /// and a retry would run beside it. `reason` starts the note in the
+    /// job's log.
+    pub fn terminate_orphan(self: &Arc<Self>, reason: &str) {
         let orphan = {
             let state = self.lock();
             match state.summary.report {
@@ -379,7 +380,7 @@ impl Run {
             }
         };
         let Some((pid, start_ticks)) = orphan else { return };
-        self.note("error", format!("{why}; terminating the job process {pid} if it still runs"));
+        self.note("error", format!("{reason}; terminating the job process {pid} if it still runs"));
         let run = self.clone();
         tokio::spawn(async move {
             let outcome = super::orphan::terminate(run.job_id.clone(), pid, start_ticks, run.kill_grace).await;
