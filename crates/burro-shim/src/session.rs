@@ -66,15 +66,13 @@ impl SessionHandle {
         let shared = &self.shared;
         let mut spool = shared.spool.borrow_mut();
         let spooling = spool.as_ref().is_some_and(|s| s.pending() > 0);
-        // While the server is connected, frames stay in memory: the session
-        // sends only frames in memory and brings spooled ones back only when
-        // acknowledgements make room, and the server acknowledges nothing
-        // after a job's terminal message until the job's exit. A frame
-        // spooled then, the exit among them, would never be sent. Memory
-        // stays bounded because the caller reads from a running job only
-        // while memory is below the limit. After the job's exit it reads
-        // what the sockets and pipes buffer, and what descendants still
-        // write, for at most the one-second drain limit.
+        // While the server is connected, frames stay in memory. Spooled
+        // frames come back only as acknowledgements make room, and the
+        // server acknowledges nothing after a terminal message until the
+        // exit, so a frame spooled then (the exit among them) would never be
+        // sent. Memory stays bounded because the caller reads a running job
+        // only while memory is below the limit, and an exited one for at
+        // most the one-second drain limit.
         let full = !shared.connected.get() && shared.unacked_bytes.get() >= MEMORY_LIMIT;
         if let (true, Some(spool)) = (spooling || full, spool.as_mut()) {
             match spool.append(&bytes) {

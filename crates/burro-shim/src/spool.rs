@@ -90,20 +90,20 @@ impl Spool {
     pub fn take(&mut self, budget: usize) -> io::Result<Vec<Vec<u8>>> {
         self.write_unwritten()?;
         let mut frames = Vec::new();
-        let mut taken = 0;
-        // Frames are cut from `partial` by position; the bytes already
+        let mut taken_bytes = 0;
+        // Frames are cut from `partial` by position, and the bytes already
         // returned are removed once per read, not once per frame.
         let mut consumed = 0;
         // Bytes after `consumed` already searched for a newline, so a frame
         // longer than one read is searched once.
         let mut searched = 0;
-        while taken < budget {
+        while taken_bytes < budget {
             if let Some(len) = self.partial[consumed + searched..].iter().position(|&b| b == b'\n') {
                 let end = consumed + searched + len;
                 let frame = self.partial[consumed..=end].to_vec();
                 consumed = end + 1;
                 searched = 0;
-                taken += frame.len();
+                taken_bytes += frame.len();
                 frames.push(frame);
                 continue;
             }
@@ -121,8 +121,8 @@ impl Spool {
                 Ok(read) => read,
                 Err(err) => {
                     self.partial.truncate(filled);
-                    // Frames already cut are returned; the error comes back
-                    // at the next call.
+                    // The frames already cut are returned, and the error
+                    // comes back at the next call.
                     if frames.is_empty() {
                         return Err(err);
                     }
@@ -231,11 +231,11 @@ mod tests {
         }
         let mut seen = Vec::new();
         for budget in [1, 10, 70_000, 1].iter().cycle() {
-            let taken = spool.take(*budget).unwrap();
-            if taken.is_empty() {
+            let frames_taken = spool.take(*budget).unwrap();
+            if frames_taken.is_empty() {
                 break;
             }
-            seen.extend(taken);
+            seen.extend(frames_taken);
         }
         assert_eq!(seen.len(), frames.len());
         assert!(seen == frames, "frames come back whole and in order");
