@@ -407,14 +407,7 @@ async fn last_messages_survive_busy_server_at_exit() {
     let (count, lines) = (1_600, 3_000);
     let data = json!({"count": count, "pad": 900, "stdout": lines});
     let id = server.core().jobs.enqueue("flood", data, once()).await.unwrap();
-    let running = server.wait_for(&id, "the job's pid", |job| job.pid.is_some()).await;
-    let pid = running.pid.expect("a pid") as i32;
-    within(WAIT, async {
-        while !matches!(process_state(pid), None | Some('Z')) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    wait_exited(server.wait_pid(&id).await).await;
     // The shim reads what is left for at most a second after the exit.
     tokio::time::sleep(Duration::from_secs(2)).await;
 

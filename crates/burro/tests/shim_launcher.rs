@@ -4,7 +4,7 @@
 
 mod common;
 
-use burro::jobs::EnqueueOptions;
+use burro::jobs::{EnqueueOptions, JobView};
 use burro::store::JobStatus;
 use common::*;
 use serde_json::json;
@@ -43,17 +43,6 @@ fn kill(pid: u32, signal: i32) {
     assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill({pid}, {signal}) failed");
 }
 
-/// Waits until `pid` has exited: gone, or a zombie its parent has not
-/// reaped yet.
-async fn wait_exited(pid: u32) {
-    within(Duration::from_secs(10), async {
-        while process_exists(pid as i32) && process_state(pid as i32) != Some('Z') {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-}
-
 /// Asserts that the server terminated a job process whose shim died, and
 /// wrote that in the job's log.
 async fn assert_orphan_terminated(server: &TestServer, id: &str, pid: u32) {
@@ -69,6 +58,17 @@ async fn assert_orphan_terminated(server: &TestServer, id: &str, pid: u32) {
         }
     })
     .await;
+}
+
+/// Kills the shim of a job whose process is `worker`, checking first that
+/// the shim is a child of the launcher, and returns the job once it ended.
+async fn kill_shim(server: &TestServer, id: &str, worker: u32) -> JobView {
+    let shim = parent_of(worker);
+    assert_eq!(Some(parent_of(shim)), server.core().jobs.shim_launcher_pid(), "the shim is a child of the launcher");
+    kill(shim, libc::SIGKILL);
+    let job = server.wait_finished(id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    job
 }
 
 /// Returns the pids whose parent is `pid`, from /proc.
@@ -95,8 +95,7 @@ async fn enqueue_wait(server: &TestServer, release: &Path) -> String {
 /// pid of its shim and the pid of its process, once that process runs.
 async fn running_job(server: &TestServer, release: &Path) -> (String, u32, u32) {
     let id = enqueue_wait(server, release).await;
-    let job = server.wait_for(&id, "the job's pid", |job| job.pid.is_some()).await;
-    let pid = job.pid.expect("a pid") as u32;
+    let pid = server.wait_pid(&id).await;
     (id, parent_of(pid), pid)
 }
 
@@ -136,12 +135,9 @@ async fn launcher_shims_outlive_killed_launcher() {
 async fn killed_shim_fails_job_as_lost() {
     let server = start(vec![("wait", external("python3", "wait_release.py"))]).await;
     let release = server.dir.path().join("release");
-    let (id, shim, worker) = running_job(&server, &release).await;
-    assert_eq!(Some(parent_of(shim)), server.core().jobs.shim_launcher_pid());
+    let (id, _, worker) = running_job(&server, &release).await;
 
-    kill(shim, libc::SIGKILL);
-    let job = server.wait_finished(&id).await;
-    assert_eq!(job.status, JobStatus::Failed);
+    let job = kill_shim(&server, &id, worker).await;
     let error = job.error.unwrap_or_default();
     assert!(error.starts_with("job lost: its shim exited"), "{error}");
     assert_eq!(server.core().jobs.supervised_count(), 0, "the run was released");
@@ -154,14 +150,9 @@ async fn silent_job_of_a_killed_shim_is_terminated() {
     // connection would never stop it.
     let server = start(vec![("hang", external("bash", "hang.sh"))]).await;
     let id = server.core().jobs.enqueue("hang", json!({}), once()).await.unwrap();
-    let job = server.wait_for(&id, "the job's pid", |job| job.pid.is_some()).await;
-    let worker = job.pid.expect("a pid") as u32;
-    let shim = parent_of(worker);
-    assert_eq!(Some(parent_of(shim)), server.core().jobs.shim_launcher_pid());
+    let worker = server.wait_pid(&id).await;
 
-    kill(shim, libc::SIGKILL);
-    let job = server.wait_finished(&id).await;
-    assert_eq!(job.status, JobStatus::Failed);
+    kill_shim(&server, &id, worker).await;
     assert_orphan_terminated(&server, &id, worker).await;
 }
 
@@ -169,11 +160,13 @@ async fn silent_job_of_a_killed_shim_is_terminated() {
 async fn group_member_ignoring_sigterm_is_killed() {
     let server = start(vec![("stubborn", external("bash", "group_ignores_term.sh"))]).await;
     let id = server.core().jobs.enqueue("stubborn", json!({}), once()).await.unwrap();
-    let job = server.wait_for(&id, "the job's pid", |job| job.pid.is_some()).await;
-    let worker = job.pid.expect("a pid") as u32;
+    let worker = server.wait_pid(&id).await;
+    // The worker's other child is the heartbeat loop of the shell library,
+    // which does not ignore SIGTERM.
     let child = within(Duration::from_secs(10), async {
         loop {
-            if let Some(child) = children_of(worker).into_iter().next() {
+            let is_sleep = |child: &u32| std::fs::read(format!("/proc/{child}/cmdline")).is_ok_and(|line| line == b"sleep\x003600\x00");
+            if let Some(child) = children_of(worker).into_iter().find(is_sleep) {
                 return child;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -181,8 +174,7 @@ async fn group_member_ignoring_sigterm_is_killed() {
     })
     .await;
 
-    kill(parent_of(worker), libc::SIGKILL);
-    server.wait_finished(&id).await;
+    kill_shim(&server, &id, worker).await;
     assert_orphan_terminated(&server, &id, worker).await;
     // The child outlives SIGTERM and ends only with the SIGKILL that
     // follows the kill grace.

@@ -45,6 +45,12 @@ impl TestServer {
         .await
     }
 
+    /// Waits until the job's process has reported its pid and returns it.
+    pub async fn wait_pid(&self, id: &str) -> u32 {
+        let job = self.wait_for(id, "the job's pid", |job| job.pid.is_some()).await;
+        job.pid.expect("a pid") as u32
+    }
+
     /// Waits until `check` holds for the job.
     pub async fn wait_for(&self, id: &str, what: &str, check: impl Fn(&JobView) -> bool) -> JobView {
         let mut events = self.core().events.subscribe("*");
@@ -144,6 +150,17 @@ pub async fn start(jobs: Vec<(&str, ExternalJobConfig)>) -> TestServer {
         |_| {},
     )
     .await
+}
+
+/// Waits until `pid` has exited: gone, or a zombie its parent has not
+/// reaped yet.
+pub async fn wait_exited(pid: u32) {
+    within(WAIT, async {
+        while !matches!(process_state(pid as i32), None | Some('Z')) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }
 
 /// Returns true when a process with `pid` exists (zombies included).
