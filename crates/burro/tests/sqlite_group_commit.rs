@@ -94,10 +94,14 @@ async fn url_options_and_odd_paths_reach_the_writer() {
 async fn writes_after_close_fail_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
-    let store = SqliteStore::open(&url).await.unwrap();
-    store.close().await;
-    let error = store.job_insert(&new_job("late")).await.unwrap_err().to_string();
-    assert!(error.contains("closed"), "unexpected error: {error}");
+    // The writer thread ends after `close` replies; a write sent in that
+    // gap once got "stopped before it replied". Several rounds catch it.
+    for round in 0..10 {
+        let store = SqliteStore::open(&url).await.unwrap();
+        store.close().await;
+        let error = store.job_insert(&new_job(&format!("late-{round}"))).await.unwrap_err().to_string();
+        assert!(error.contains("the SQLite writer is closed"), "unexpected error in round {round}: {error}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

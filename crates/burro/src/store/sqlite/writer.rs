@@ -65,7 +65,13 @@ impl Writer {
             .spawn(move || match open_connection(&target, busy_timeout) {
                 Ok(conn) => {
                     let _ = opened_tx.send(Ok(()));
-                    serve(&conn, &queue);
+                    let closed = serve(&conn, &queue);
+                    // Writes sent from now on fail at once with "closed".
+                    drop(queue);
+                    drop(conn);
+                    if let Some(done) = closed {
+                        let _ = done.send(());
+                    }
                 }
                 Err(err) => {
                     let _ = opened_tx.send(Err(err));
@@ -153,7 +159,7 @@ impl Writer {
             .map_err(|_| io_error("the SQLite writer is closed".into()))?;
         response
             .await
-            .map_err(|_| io_error("the SQLite writer stopped before it replied to the write".into()))?
+            .map_err(|_| io_error("the SQLite writer closed before it replied to the write".into()))?
     }
 
     /// Commits the writes queued so far and ends the writer thread. Later
@@ -231,8 +237,9 @@ fn open_connection(target: &Target, busy_timeout: Duration) -> rusqlite::Result<
 
 /// Runs the writer thread's loop: waits for a write, runs it and every
 /// write queued behind it in one transaction, commits, and replies to their
-/// callers.
-fn serve(conn: &Connection, queue: &mpsc::Receiver<Request>) {
+/// callers. Returns the reply channel of a close request, which the thread
+/// answers once the queue and the connection are gone.
+fn serve(conn: &Connection, queue: &mpsc::Receiver<Request>) -> Option<oneshot::Sender<()>> {
     let mut pending: Vec<Completion> = Vec::new();
     while let Ok(first) = queue.recv() {
         let mut next = Some(first);
@@ -264,12 +271,12 @@ fn serve(conn: &Connection, queue: &mpsc::Receiver<Request>) {
             }
         }
         commit(conn, &mut pending);
-        if let Some(done) = closing {
-            let _ = done.send(());
-            return;
+        if closing.is_some() {
+            return closing;
         }
     }
     commit(conn, &mut pending);
+    None
 }
 
 /// Opens a transaction unless one is open. A transaction that SQLite ended
