@@ -236,6 +236,53 @@ async fn finish_retry_and_complete(store: Arc<dyn Store>) {
     assert!(!store.job_finish(&done).await.unwrap(), "a finished job stays finished");
 }
 
+async fn finish_claim_records_the_end_and_takes_the_next_job(store: Arc<dyn Store>) {
+    // SQLite claims in the write that records the end; PostgreSQL leaves
+    // claims to the dispatcher, which claims for every free slot at once.
+    let claims_with_end = !store.is_shared();
+    // Returns the ids the store claimed, or, for a store that claims
+    // nothing here, claims with `job_claim` so the next steps start alike.
+    async fn claimed_ids(store: &Arc<dyn Store>, claims_with_end: bool, claimed: Vec<Job>, now_ms: i64) -> Vec<(String, u32)> {
+        let claimed = if claims_with_end {
+            claimed
+        } else {
+            assert!(claimed.is_empty(), "this store leaves claims to the dispatcher: {claimed:?}");
+            store.job_claim(&claim(&["resize"], 1, now_ms)).await.unwrap()
+        };
+        assert!(claimed.iter().all(|job| job.status == JobStatus::Running));
+        claimed.into_iter().map(|job| (job.id, job.attempts)).collect()
+    }
+
+    store.job_insert(&new_job("first", "resize", JobStatus::Pending, 1000)).await.unwrap();
+    store.job_insert(&new_job("second", "resize", JobStatus::Pending, 1100)).await.unwrap();
+    store.job_insert(&new_job("later", "resize", JobStatus::Scheduled, 9000)).await.unwrap();
+    store.job_claim(&claim(&["resize"], 1, 2000)).await.unwrap();
+
+    let (finished, claimed) = store.job_finish_claim(&finish("first", 1, JobStatus::Completed), &claim(&["resize"], 1, 2000)).await.unwrap();
+    assert!(finished);
+    assert_eq!(store.job_get("first").await.unwrap().unwrap().status, JobStatus::Completed);
+    assert_eq!(claimed_ids(&store, claims_with_end, claimed, 2000).await, [("second".to_string(), 1)]);
+    assert_eq!(store.job_get("second").await.unwrap().unwrap().status, JobStatus::Running);
+
+    // A retry due at once is claimed again, in its next attempt.
+    let mut retry = finish("second", 1, JobStatus::Scheduled);
+    retry.run_at = Some(2000);
+    let (finished, claimed) = store.job_finish_claim(&retry, &claim(&["resize"], 1, 2000)).await.unwrap();
+    assert!(finished);
+    assert_eq!(claimed_ids(&store, claims_with_end, claimed, 2000).await, [("second".to_string(), 2)]);
+
+    // A stale attempt records nothing, and the claim still runs: "later" is due by now.
+    let (finished, claimed) = store.job_finish_claim(&finish("first", 1, JobStatus::Failed), &claim(&["resize"], 1, 9000)).await.unwrap();
+    assert!(!finished, "a finished attempt cannot end again");
+    assert_eq!(store.job_get("first").await.unwrap().unwrap().status, JobStatus::Completed);
+    assert_eq!(claimed_ids(&store, claims_with_end, claimed, 9000).await, [("later".to_string(), 1)]);
+
+    // Nothing due: the end is recorded and nothing is claimed.
+    let (finished, claimed) = store.job_finish_claim(&finish("later", 1, JobStatus::Completed), &claim(&["resize"], 1, 9000)).await.unwrap();
+    assert!(finished);
+    assert!(claimed.is_empty());
+}
+
 async fn cancel_only_waiting_jobs(store: Arc<dyn Store>) {
     store.job_insert(&new_job("w", "resize", JobStatus::Scheduled, 9000)).await.unwrap();
     store.job_insert(&new_job("run", "ext", JobStatus::Pending, 1000)).await.unwrap();
@@ -535,6 +582,7 @@ conformance!(
     claim_respects_names_and_due_time,
     insert_claim_takes_the_oldest_due_job,
     finish_retry_and_complete,
+    finish_claim_records_the_end_and_takes_the_next_job,
     cancel_only_waiting_jobs,
     live_updates_and_running_jobs,
     live_flush_of_many_jobs,

@@ -195,22 +195,39 @@ async fn execute(shared: Arc<Shared>, job: Job, permit: OwnedSemaphorePermit) {
         Outcome::Completed(_) | Outcome::Failed { .. } if cancel_requested && !job.external => Outcome::Cancelled,
         other => other,
     };
-    let events = if fenced {
+    let (events, claimed) = if fenced {
         // Another node rescued the job; its end belongs to that node.
         shared.live.remove(&job.id);
         tracing::info!(job_id = %job.id, attempt = job.attempts, "a job rescued by another node stopped here");
-        Vec::new()
+        (Vec::new(), Vec::new())
     } else {
-        store_end(&shared, &job, outcome).await
+        // The write that records the end also claims the next due job into
+        // this slot, which spares the dispatcher a read and a write.
+        let claim = next_claim(&shared);
+        store_end(&shared, &job, outcome, claim).await
     };
     if job.external {
         shared.supervisor.release(&job.id);
     }
-    // The slot is free before the end is announced, so a client that
-    // enqueues its next job on the end event finds the slot free.
-    drop(permit);
+    // The slot is passed on or free before the end is announced, so a
+    // client that enqueues its next job on the end event finds it free
+    // unless an older job was waiting for it.
+    match claimed.into_iter().next() {
+        Some(next) => start_claimed(&shared, next, permit),
+        None => drop(permit),
+    }
     shared.wake.notify_one();
     emit_all(&shared, events).await;
+}
+
+/// Returns the claim of one due job for the slot of a job that is ending,
+/// unless the dispatcher is stopped or no job name is registered.
+fn next_claim(shared: &Shared) -> Option<ClaimRequest> {
+    if shared.shutdown.is_cancelled() || !shared.dispatching.load(std::sync::atomic::Ordering::SeqCst) {
+        return None;
+    }
+    let names = registered_names(shared);
+    (!names.is_empty()).then(|| claim_request(shared, names, 1))
 }
 
 async fn run_in_process(shared: &Arc<Shared>, job: &Job, handler: super::handler::Handler, token: CancellationToken) -> Outcome {
@@ -329,7 +346,7 @@ pub(crate) async fn recover_lost(shared: &Arc<Shared>, job: Job) {
 /// Stores the end of an attempt and emits its events: `job.completed`,
 /// `job.retrying`, `job.failed` or `job.cancelled`.
 pub(crate) async fn finish(shared: &Arc<Shared>, job: &Job, outcome: Outcome) {
-    let events = store_end(shared, job, outcome).await;
+    let (events, _) = store_end(shared, job, outcome, None).await;
     emit_all(shared, events).await;
 }
 
@@ -340,8 +357,9 @@ async fn emit_all(shared: &Shared, events: Vec<(String, Value)>) {
 }
 
 /// Stores the end of an attempt and returns the events that announce it,
-/// none when another writer changed the job's row meanwhile.
-async fn store_end(shared: &Arc<Shared>, job: &Job, outcome: Outcome) -> Vec<(String, Value)> {
+/// none when another writer changed the job's row meanwhile. With `claim`,
+/// the first write also claims due jobs, which are returned to be started.
+async fn store_end(shared: &Arc<Shared>, job: &Job, outcome: Outcome, mut claim: Option<ClaimRequest>) -> (Vec<(String, Value)>, Vec<Job>) {
     let now = now_ms();
     let live = shared.live.remove(&job.id).unwrap_or_default();
     let mut record = JobFinish {
@@ -410,19 +428,23 @@ async fn store_end(shared: &Arc<Shared>, job: &Job, outcome: Outcome) -> Vec<(St
     let mut delay = Duration::from_millis(100);
     let mut failures = 0u32;
     loop {
-        match shared.store.job_finish(&record).await {
-            Ok(true) => {
+        let written = match claim.take() {
+            Some(claim) => shared.store.job_finish_claim(&record, &claim).await,
+            None => shared.store.job_finish(&record).await.map(|finished| (finished, Vec::new())),
+        };
+        match written {
+            Ok((true, claimed)) => {
                 if failures > 0 {
                     tracing::info!(job_id = %id, attempt, failures, "recorded the end of the job after the store came back");
                 }
-                break;
+                return (events, claimed);
             }
-            Ok(false) => {
+            Ok((false, claimed)) => {
                 tracing::warn!(
                     job_id = %id, attempt,
                     "the job's row changed meanwhile (cancelled, or rescued by another node); its end was not recorded"
                 );
-                return Vec::new();
+                return (Vec::new(), claimed);
             }
             Err(err) => {
                 shared.metrics.store_error();
@@ -437,5 +459,4 @@ async fn store_end(shared: &Arc<Shared>, job: &Job, outcome: Outcome) -> Vec<(St
             }
         }
     }
-    events
 }

@@ -79,6 +79,16 @@ pub trait Store: Send + Sync + 'static {
     /// `running` in the same attempt; returns false otherwise.
     async fn job_finish(&self, finish: &JobFinish) -> Result<bool, StoreError>;
 
+    /// Ends an attempt as [`Store::job_finish`] does and may claim due jobs
+    /// as [`Store::job_claim`] does, in the same transaction. An error means
+    /// the end was not recorded; when only the claim fails, the end is
+    /// recorded and no jobs are claimed. This default only ends the attempt:
+    /// where a claim costs a round trip of its own, the dispatcher's claim
+    /// for every free slot at once costs less than a claim per ending job.
+    async fn job_finish_claim(&self, finish: &JobFinish, _claim: &ClaimRequest) -> Result<(bool, Vec<Job>), StoreError> {
+        Ok((self.job_finish(finish).await?, Vec::new()))
+    }
+
     /// Puts a claimed job whose attempt never started back to `pending` and
     /// takes back the attempt. Applies only while it is `running` in that
     /// attempt; returns false otherwise.

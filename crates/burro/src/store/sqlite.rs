@@ -46,26 +46,40 @@ const LIVE_FLUSH_SQL: &str = "UPDATE jobs SET progress_percent = COALESCE(u.perc
                   value ->> '$.state' AS state, value ->> '$.pid' AS pid FROM json_each(?)) AS u \
      WHERE jobs.id = u.id AND +jobs.status = 'running' AND (? IS NULL OR jobs.node_id = ?)";
 
-/// Returns the claim statement for `names` job names. The waiting jobs
-/// are read through the partial index `jobs_waiting`, in the order it keeps:
-/// left to itself, SQLite picks the index on `name`, and then every claim
-/// reads every job of that name, finished ones included.
-fn claim_sql(names: usize) -> String {
+/// Returns the query of the due jobs of `names` job names, in due order.
+/// The waiting jobs are read through the partial index `jobs_waiting`, in
+/// the order it keeps: left to itself, SQLite picks the index on `name`, and
+/// then every claim reads every job of that name, finished ones included.
+fn due_jobs_sql(names: usize) -> String {
     format!(
-        "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, node_id = ?, \
-             completed_at = NULL, pid = NULL, last_heartbeat = NULL, shim_token = NULL, \
-             progress_percent = NULL, progress_message = NULL, \
-             process_state = CASE WHEN external = 1 THEN 'spawning' ELSE NULL END \
-         WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_waiting \
-             WHERE status IN ('pending', 'scheduled') AND run_at <= ? \
-             AND name IN ({}) ORDER BY run_at, id LIMIT ?) \
-         RETURNING {COLUMNS}",
+        "SELECT {COLUMNS} FROM jobs INDEXED BY jobs_waiting \
+         WHERE status IN ('pending', 'scheduled') AND run_at <= ? AND name IN ({}) \
+         ORDER BY run_at, id LIMIT ?",
         placeholders(names)
     )
 }
 
+/// Moves one claimed job to `running`. [`claim`] sets the same values on
+/// the job it returns.
+const CLAIM_ONE_SQL: &str = "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?, node_id = ?, \
+         completed_at = NULL, pid = NULL, last_heartbeat = NULL, shim_token = NULL, \
+         progress_percent = NULL, progress_message = NULL, \
+         process_state = CASE WHEN external = 1 THEN 'spawning' ELSE NULL END \
+     WHERE id = ? AND status IN ('pending', 'scheduled')";
+
+const INSERT_SQL: &str = "INSERT INTO jobs (id, name, data, status, attempts, max_attempts, created_at, run_at, external, timeout_ms) \
+     VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?)";
+
+const FINISH_SQL: &str = "UPDATE jobs SET status = ?, result = ?, error = ?, stack = ?, \
+         completed_at = CASE WHEN ? THEN NULL ELSE ? END, \
+         run_at = COALESCE(?, run_at), \
+         progress_percent = COALESCE(?, progress_percent), \
+         progress_message = COALESCE(?, progress_message), \
+         pid = COALESCE(?, pid), process_state = NULL, shim_token = NULL \
+     WHERE id = ? AND attempts = ? AND status = 'running' AND (? IS NULL OR node_id = ?)";
+
 /// Returns the query for the earliest waiting job of `names` job names,
-/// through `jobs_waiting` for the same reason as [`claim_sql`].
+/// through `jobs_waiting` for the same reason as [`due_jobs_sql`].
 fn next_run_at_sql(names: usize) -> String {
     format!(
         "SELECT MIN(run_at) FROM jobs INDEXED BY jobs_waiting WHERE status IN ('pending', 'scheduled') AND name IN ({})",
@@ -241,14 +255,10 @@ fn jobs_returned(conn: &rusqlite::Connection, sql: &str, params: &[&dyn ToSql]) 
     Ok(jobs)
 }
 
-/// Inserts `job` on the writer's connection.
+/// Inserts `job` on the writer's connection and returns its row, built
+/// from the values written. Without `RETURNING`, SQLite needs no temporary
+/// table for the statement.
 fn insert(conn: &rusqlite::Connection, job: &NewJob) -> Result<Job, StoreError> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "INSERT INTO jobs (id, name, data, status, attempts, max_attempts, created_at, run_at, external, timeout_ms) \
-             VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?) RETURNING {COLUMNS}"
-        )
-    });
     let data = job.data.to_string();
     let params: [&dyn ToSql; 9] = [
         &job.id,
@@ -261,25 +271,116 @@ fn insert(conn: &rusqlite::Connection, job: &NewJob) -> Result<Job, StoreError> 
         &job.external,
         &job.timeout_ms,
     ];
-    jobs_returned(conn, &SQL, &params)?.pop().ok_or_else(|| StoreError::Corrupt {
+    rows_changed(conn, INSERT_SQL, &params)?;
+    Ok(Job {
         id: job.id.clone(),
-        message: "the insert returned no row".into(),
+        name: job.name.clone(),
+        data: job.data.clone(),
+        status: job.status,
+        attempts: 0,
+        max_attempts: job.max_attempts,
+        created_at: job.created_at,
+        run_at: job.run_at,
+        started_at: None,
+        completed_at: None,
+        result: None,
+        error: None,
+        stack: None,
+        progress_percent: None,
+        progress_message: None,
+        external: job.external,
+        pid: None,
+        process_state: None,
+        last_heartbeat: None,
+        timeout_ms: job.timeout_ms,
+        node_id: None,
+        shim_token: None,
     })
 }
 
-/// Claims due jobs on the writer's connection, in due order. One
-/// UPDATE ... RETURNING on the single writer connection is atomic, so no
-/// two claims can return the same job.
+/// Claims due jobs on the writer's connection, in due order. The single
+/// writer connection runs the read and the updates in one transaction, so
+/// no two claims can return the same job. A read followed by updates by
+/// primary key costs SQLite less than one `UPDATE ... WHERE id IN (...)
+/// RETURNING`, which builds two temporary tables.
 fn claim(conn: &rusqlite::Connection, claim: &ClaimRequest) -> Result<Vec<Job>, StoreError> {
     if claim.names.is_empty() || claim.limit == 0 {
         return Ok(Vec::new());
     }
-    let mut params: Vec<&dyn ToSql> = vec![&claim.now_ms, &claim.node_id, &claim.now_ms];
+    let mut params: Vec<&dyn ToSql> = vec![&claim.now_ms];
     params.extend(claim.names.iter().map(|name| name as &dyn ToSql));
     params.push(&claim.limit);
-    let mut jobs = jobs_returned(conn, &claim_sql(claim.names.len()), &params)?;
+    let mut jobs = jobs_returned(conn, &due_jobs_sql(claim.names.len()), &params)?;
+    let mut update = conn.prepare_cached(CLAIM_ONE_SQL)?;
+    for job in &mut jobs {
+        let changed = update.execute(rusqlite::params![claim.now_ms, claim.node_id, job.id])?;
+        if changed != 1 {
+            return Err(StoreError::Corrupt {
+                id: job.id.clone(),
+                message: format!("claiming the waiting job changed {changed} rows"),
+            });
+        }
+        job.status = JobStatus::Running;
+        job.attempts += 1;
+        job.started_at = Some(claim.now_ms);
+        job.node_id = Some(claim.node_id.clone());
+        job.completed_at = None;
+        job.pid = None;
+        job.last_heartbeat = None;
+        job.shim_token = None;
+        job.progress_percent = None;
+        job.progress_message = None;
+        job.process_state = job.external.then_some(ProcessState::Spawning);
+    }
     sort_due_order(&mut jobs);
     Ok(jobs)
+}
+
+/// Ends an attempt of a running job on the writer's connection; returns
+/// false when the job is no longer running in that attempt.
+fn finish(conn: &rusqlite::Connection, finish: &JobFinish) -> Result<bool, StoreError> {
+    let retrying = finish.status == JobStatus::Scheduled;
+    let result = finish.result.as_ref().map(Value::to_string);
+    let changed = rows_changed(
+        conn,
+        FINISH_SQL,
+        &[
+            &finish.status.as_str(),
+            &result,
+            &finish.error,
+            &finish.stack,
+            &retrying,
+            &finish.now_ms,
+            &finish.run_at,
+            &finish.progress_percent,
+            &finish.progress_message,
+            &finish.pid,
+            &finish.id,
+            &finish.attempt,
+            &finish.node_id,
+            &finish.node_id,
+        ],
+    )?;
+    Ok(changed == 1)
+}
+
+/// Runs [`claim`] in a savepoint that is undone when the claim fails.
+fn claim_in_savepoint(conn: &rusqlite::Connection, request: &ClaimRequest) -> Result<Vec<Job>, StoreError> {
+    conn.prepare_cached("SAVEPOINT claim")?.execute([])?;
+    match claim(conn, request) {
+        Ok(jobs) => {
+            // The claimed rows are committed with the transaction even if
+            // the release fails, so the jobs are returned either way.
+            if let Err(err) = conn.prepare_cached("RELEASE claim").and_then(|mut release| release.execute([])) {
+                tracing::warn!(error = %err, "releasing the claim's savepoint failed");
+            }
+            Ok(jobs)
+        }
+        Err(err) => {
+            let _ = conn.execute_batch("ROLLBACK TO claim; RELEASE claim");
+            Err(err)
+        }
+    }
 }
 
 /// Runs `sql` on the writer's connection and returns the number of rows it changed.
@@ -370,41 +471,25 @@ impl Store for SqliteStore {
     }
 
     async fn job_finish(&self, finish: &JobFinish) -> Result<bool, StoreError> {
-        let retrying = finish.status == JobStatus::Scheduled;
-        let result = finish.result.as_ref().map(Value::to_string);
         let finish = finish.clone();
-        let changed = self
-            .writer
+        self.writer.write_statement(move |conn| self::finish(conn, &finish)).await
+    }
+
+    async fn job_finish_claim(&self, finish: &JobFinish, claim: &ClaimRequest) -> Result<(bool, Vec<Job>), StoreError> {
+        let (finish, claim) = (finish.clone(), claim.clone());
+        // The end is one statement, which SQLite undoes by itself when it
+        // fails. The claim runs several, in a savepoint of its own, so a
+        // failed claim is undone and leaves the end recorded.
+        self.writer
             .write_statement(move |conn| {
-                rows_changed(
-                    conn,
-                    "UPDATE jobs SET status = ?, result = ?, error = ?, stack = ?, \
-                         completed_at = CASE WHEN ? THEN NULL ELSE ? END, \
-                         run_at = COALESCE(?, run_at), \
-                         progress_percent = COALESCE(?, progress_percent), \
-                         progress_message = COALESCE(?, progress_message), \
-                         pid = COALESCE(?, pid), process_state = NULL, shim_token = NULL \
-                     WHERE id = ? AND attempts = ? AND status = 'running' AND (? IS NULL OR node_id = ?)",
-                    &[
-                        &finish.status.as_str(),
-                        &result,
-                        &finish.error,
-                        &finish.stack,
-                        &retrying,
-                        &finish.now_ms,
-                        &finish.run_at,
-                        &finish.progress_percent,
-                        &finish.progress_message,
-                        &finish.pid,
-                        &finish.id,
-                        &finish.attempt,
-                        &finish.node_id,
-                        &finish.node_id,
-                    ],
-                )
+                let finished = self::finish(conn, &finish)?;
+                let claimed = claim_in_savepoint(conn, &claim).unwrap_or_else(|err| {
+                    tracing::warn!(job_id = %finish.id, error = %err, "claiming jobs after a job's end failed; the dispatcher claims them later");
+                    Vec::new()
+                });
+                Ok((finished, claimed))
             })
-            .await?;
-        Ok(changed == 1)
+            .await
     }
 
     async fn job_requeue(&self, id: &str, attempt: u32) -> Result<bool, StoreError> {
@@ -595,7 +680,7 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("plan.db").display());
         let store = SqliteStore::open(&url).await.unwrap();
 
-        let claim = plan(&store, &claim_sql(2), &[0, 0, 0, 0, 0, 1]).await;
+        let claim = plan(&store, &due_jobs_sql(2), &[0, 0, 0, 1]).await;
         assert!(claim.iter().any(|step| step.contains("USING INDEX jobs_waiting")), "claim plan: {claim:?}");
         assert!(!claim.iter().any(|step| step.contains("jobs_name_created")), "claim plan: {claim:?}");
         assert!(!claim.iter().any(|step| step.contains("TEMP B-TREE")), "claim plan: {claim:?}");
@@ -603,5 +688,70 @@ mod tests {
         let next = plan(&store, &next_run_at_sql(2), &[0, 0]).await;
         assert!(next.iter().any(|step| step.contains("USING INDEX jobs_waiting")), "next run plan: {next:?}");
         assert!(!next.iter().any(|step| step.contains("jobs_name_created")), "next run plan: {next:?}");
+    }
+
+    #[tokio::test]
+    async fn job_row_writes_build_no_temporary_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plan.db");
+        let store = SqliteStore::open(&format!("sqlite://{}", path.display())).await.unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for sql in [INSERT_SQL, FINISH_SQL, CLAIM_ONE_SQL] {
+            let mut explain = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
+            let mut rows = explain.raw_query();
+            let mut opcodes = Vec::new();
+            while let Some(row) = rows.next().unwrap() {
+                opcodes.push(row.get::<_, String>(1).unwrap());
+            }
+            assert!(opcodes.iter().any(|op| op == "OpenWrite"), "no write in the program of {sql}: {opcodes:?}");
+            assert!(!opcodes.iter().any(|op| op == "OpenEphemeral"), "{sql} builds a temporary table: {opcodes:?}");
+        }
+        drop(store);
+    }
+
+    #[tokio::test]
+    async fn rebuilt_jobs_table_keeps_rows_and_checks() {
+        // A database made by the first two migrations, with one job in it.
+        let dir = tempfile::tempdir().unwrap();
+        let early = dir.path().join("early");
+        std::fs::create_dir(&early).unwrap();
+        let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        for file in ["0001_jobs.sql", "0002_finished_index.sql"] {
+            std::fs::copy(migrations.join(file), early.join(file)).unwrap();
+        }
+        let path = dir.path().join("old.db");
+        let url = format!("sqlite://{}", path.display());
+        {
+            let options = SqliteConnectOptions::from_str(&url).unwrap().create_if_missing(true);
+            let mut conn = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
+            sqlx::migrate::Migrator::new(early.as_path()).await.unwrap().run(&mut conn).await.unwrap();
+            sqlx::query(
+                "INSERT INTO jobs (id, name, data, status, attempts, max_attempts, created_at, run_at, completed_at, result, external) \
+                 VALUES ('old', 'resize', '{\"w\":1}', 'completed', 1, 3, 10, 10, 20, '7', 1)",
+            )
+            .execute(&mut conn)
+            .await
+            .unwrap();
+            conn.close().await.unwrap();
+        }
+
+        let store = SqliteStore::open(&url).await.unwrap();
+        let job = store.job_get("old").await.unwrap().expect("the job survives the rebuild");
+        assert_eq!((job.status, job.attempts, job.completed_at), (JobStatus::Completed, 1, Some(20)));
+        assert_eq!(job.data, serde_json::json!({"w": 1}));
+        assert_eq!(job.result, Some(serde_json::json!(7)));
+        assert!(job.external);
+
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let bad = conn.execute("UPDATE jobs SET status = 'done' WHERE id = 'old'", []);
+        assert!(bad.is_err(), "the CHECK on status must still hold");
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs' AND sql IS NOT NULL ORDER BY name")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexes, ["jobs_created", "jobs_name_created", "jobs_status_created", "jobs_waiting"]);
     }
 }

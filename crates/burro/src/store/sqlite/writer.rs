@@ -100,7 +100,8 @@ impl Writer {
 
     /// Runs `write` like [`Writer::write`] but without a savepoint, because
     /// SQLite undoes a failed statement by itself. The caller's `write` must
-    /// run exactly one statement and must not fail after that statement.
+    /// not return an error once one of its statements has changed the
+    /// database, since nothing would undo that change.
     pub async fn write_statement<T, F>(&self, write: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
