@@ -94,8 +94,9 @@ async fn url_options_and_odd_paths_reach_the_writer() {
 async fn writes_after_close_fail_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
-    // The writer thread ends after `close` replies; a write sent in that
-    // gap once got "stopped before it replied". Several rounds catch it.
+    // A write sent right after `close` returns must fail with "closed",
+    // even while the writer thread is still ending. Several rounds make
+    // that gap likely.
     for round in 0..10 {
         let store = SqliteStore::open(&url).await.unwrap();
         store.close().await;

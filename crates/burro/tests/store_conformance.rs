@@ -236,8 +236,8 @@ async fn finish_retry_and_complete(store: Arc<dyn Store>) {
     assert!(!store.job_finish(&done).await.unwrap(), "a finished job stays finished");
 }
 
-async fn finish_claim_records_the_end_and_takes_the_next_job(store: Arc<dyn Store>) {
-    // SQLite claims in the write that records the end; PostgreSQL leaves
+async fn finish_claim_takes_next_job(store: Arc<dyn Store>) {
+    // SQLite claims in the write that records the end. PostgreSQL leaves
     // claims to the dispatcher, which claims for every free slot at once.
     let claims_with_end = !store.is_shared();
     // Returns the ids the store claimed, or, for a store that claims
@@ -582,7 +582,7 @@ conformance!(
     claim_respects_names_and_due_time,
     insert_claim_takes_the_oldest_due_job,
     finish_retry_and_complete,
-    finish_claim_records_the_end_and_takes_the_next_job,
+    finish_claim_takes_next_job,
     cancel_only_waiting_jobs,
     live_updates_and_running_jobs,
     live_flush_of_many_jobs,

@@ -81,7 +81,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Ends an attempt as [`Store::job_finish`] does and may claim due jobs
     /// as [`Store::job_claim`] does, in the same transaction. An error means
-    /// the end was not recorded; when only the claim fails, the end is
+    /// the end was not recorded. When only the claim fails, the end is
     /// recorded and no jobs are claimed. This default only ends the attempt:
     /// where a claim costs a round trip of its own, the dispatcher's claim
     /// for every free slot at once costs less than a claim per ending job.

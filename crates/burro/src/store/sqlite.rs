@@ -336,7 +336,7 @@ fn claim(conn: &rusqlite::Connection, claim: &ClaimRequest) -> Result<Vec<Job>, 
     Ok(jobs)
 }
 
-/// Ends an attempt of a running job on the writer's connection; returns
+/// Ends an attempt of a running job on the writer's connection. Returns
 /// false when the job is no longer running in that attempt.
 fn finish(conn: &rusqlite::Connection, finish: &JobFinish) -> Result<bool, StoreError> {
     let retrying = finish.status == JobStatus::Scheduled;

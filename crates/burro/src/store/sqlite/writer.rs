@@ -239,7 +239,7 @@ fn open_connection(target: &Target, busy_timeout: Duration) -> rusqlite::Result<
 /// Runs the writer thread's loop: waits for a write, runs it and every
 /// write queued behind it in one transaction, commits, and replies to their
 /// callers. Returns the reply channel of a close request, which the thread
-/// answers once the queue and the connection are gone.
+/// replies to once the queue and the connection are gone.
 fn serve(conn: &Connection, queue: &mpsc::Receiver<Request>) -> Option<oneshot::Sender<()>> {
     let mut pending: Vec<Completion> = Vec::new();
     while let Ok(first) = queue.recv() {
