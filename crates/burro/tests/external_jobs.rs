@@ -396,6 +396,19 @@ async fn shim_waits_for_busy_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_flood_is_acknowledged() {
+    // Heartbeats are acknowledged late, but a flood of them must still be
+    // acknowledged before the shim's 512 KiB of unacknowledged frames fill
+    // up. A full shim stops reading from the job, and the job would hang.
+    let server = start(vec![("flood", external("python3", "flood_progress.py"))]).await;
+    // About 20,000 heartbeats of some 100 bytes each, after one progress message.
+    let id = server.core().jobs.enqueue("flood", json!({"count": 1, "heartbeats": 20_000}), once()).await.unwrap();
+    let job = within(Duration::from_secs(60), server.wait_finished(&id)).await;
+    assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+    assert_eq!(job.result, Some(json!({"sent": 1})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_messages_survive_busy_server_at_exit() {
     let server = start(vec![("flood", external("python3", "flood_progress.py"))]).await;
     // The server takes no frames once the queue of this unread subscription

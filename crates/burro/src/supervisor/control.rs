@@ -16,6 +16,15 @@ use tokio::sync::mpsc;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Maximum time between acknowledgements while frames are being processed.
 const ACK_INTERVAL: Duration = Duration::from_millis(250);
+/// Maximum time a heartbeat waits for its acknowledgement. Every other
+/// frame is acknowledged at once, and the next acknowledgement covers the
+/// heartbeats before it, so a sleeping job costs one write per interval
+/// instead of one per heartbeat.
+const HEARTBEAT_ACK_INTERVAL: Duration = Duration::from_secs(30);
+/// Maximum size of heartbeat frames left unacknowledged. The shim stops
+/// reading from the job when its unacknowledged frames reach 512 KiB, and a
+/// shim that sends nothing more would never get the acknowledgement.
+const HEARTBEAT_ACK_BYTES: usize = 64 * 1024;
 /// Frames are a job message plus a short prefix.
 const FRAME_OVERHEAD: usize = 64;
 
@@ -114,48 +123,63 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
     tracing::debug!(job_id = %run.job_id, shim_pid = hello.shim_pid, pid = ?hello.child_pid, "shim connected");
 
     let mut last_ack = std::time::Instant::now();
+    // Heartbeat frames processed since the last acknowledgement, in bytes.
+    let mut quiet_bytes = 0usize;
     loop {
         // Process everything already buffered, then acknowledge. Long batches
         // (a slow event subscriber) are acknowledged as they go, so the shim
         // keeps hearing from a live server and does not give up waiting.
         let mut processed_any = false;
+        let mut urgent = false;
         let mut clock = BatchClock::now();
         while let Some(event) = lines.next_event() {
             match event {
-                LineEvent::Line(line) => match ShimFrame::decode_owned(line) {
-                    Ok(frame) => {
-                        if run.already_processed(frame.seq()) {
-                            continue;
+                LineEvent::Line(line) => {
+                    // The frame's bytes and its newline.
+                    let size = line.len() + 1;
+                    match ShimFrame::decode_owned(line) {
+                        Ok(frame) => {
+                            if run.already_processed(frame.seq()) {
+                                continue;
+                            }
+                            let (heartbeat, waited) = poll_tracking_waits(run.process(&inner, frame, &clock)).await;
+                            processed_any = true;
+                            if heartbeat {
+                                quiet_bytes += size;
+                            } else {
+                                urgent = true;
+                            }
+                            // A frame that waited, for example on a full
+                            // subscriber queue, may have taken long. The next
+                            // frame reads the clock again, so heartbeats never
+                            // lag by more than one wait.
+                            if waited {
+                                clock = BatchClock::now();
+                            } else {
+                                clock.tick();
+                            }
+                            if urgent && clock.instant.saturating_duration_since(last_ack) >= ACK_INTERVAL {
+                                run.flush_log();
+                                let _ = tx.send(ServerFrame::Ack(run.ackable_seq()).encode());
+                                last_ack = clock.instant;
+                                quiet_bytes = 0;
+                            }
                         }
-                        let waited = poll_tracking_waits(run.process(&inner, frame, &clock)).await;
-                        processed_any = true;
-                        // A frame that waited, for example on a full
-                        // subscriber queue, may have taken long. The next
-                        // frame reads the clock again, so heartbeats never
-                        // lag by more than one wait.
-                        if waited {
-                            clock = BatchClock::now();
-                        } else {
-                            clock.tick();
-                        }
-                        if clock.instant.saturating_duration_since(last_ack) >= ACK_INTERVAL {
-                            run.flush_log();
-                            let _ = tx.send(ServerFrame::Ack(run.ackable_seq()).encode());
-                            last_ack = clock.instant;
-                        }
+                        Err(err) => tracing::warn!(job_id = %run.job_id, error = %err, "ignored an invalid control frame"),
                     }
-                    Err(err) => tracing::warn!(job_id = %run.job_id, error = %err, "ignored an invalid control frame"),
-                },
+                }
                 LineEvent::Overflow { len } => {
                     tracing::warn!(job_id = %run.job_id, bytes = len, "ignored a control frame over the size limit");
                 }
             }
         }
-        if processed_any {
+        let heartbeats_due = quiet_bytes >= HEARTBEAT_ACK_BYTES || last_ack.elapsed() >= HEARTBEAT_ACK_INTERVAL;
+        if processed_any && (urgent || heartbeats_due) {
             // Log lines become readable through the API once acknowledged.
             run.flush_log();
             let _ = tx.send(ServerFrame::Ack(run.ackable_seq()).encode());
             last_ack = std::time::Instant::now();
+            quiet_bytes = 0;
         }
         match reader.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
@@ -166,18 +190,18 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
     run.detach(session);
 }
 
-/// Runs `future` to its end and returns true when it was ever pending,
-/// that is, when it had to wait.
-async fn poll_tracking_waits(future: impl std::future::Future<Output = ()>) -> bool {
+/// Runs `future` to its end and returns its output and whether it was ever
+/// pending, that is, whether it had to wait.
+async fn poll_tracking_waits<T>(future: impl std::future::Future<Output = T>) -> (T, bool) {
     let mut future = std::pin::pin!(future);
     let mut waited = false;
-    std::future::poll_fn(|context| {
+    let output = std::future::poll_fn(|context| {
         let poll = future.as_mut().poll(context);
         waited |= poll.is_pending();
         poll
     })
     .await;
-    waited
+    (output, waited)
 }
 
 /// Reads the next frame; `None` at EOF. Used only for the handshake.

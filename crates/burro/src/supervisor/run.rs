@@ -437,9 +437,12 @@ impl Run {
 
     /// Applies one frame forwarded by the shim. `clock` is the time the
     /// frame counts as received at.
-    pub async fn process(self: &Arc<Self>, inner: &Inner, frame: ShimFrame, clock: &BatchClock) {
+    /// Processes one frame of the shim. Returns true when it was a
+    /// heartbeat and nothing else, which needs no prompt acknowledgement.
+    pub async fn process(self: &Arc<Self>, inner: &Inner, frame: ShimFrame, clock: &BatchClock) -> bool {
         let seq = frame.seq();
         let due = self.lock().output_rate.roll(clock.instant);
+        let reported_drops = due.is_some();
         if let Some(dropped) = due {
             self.report_dropped(inner, seq, dropped).await;
         }
@@ -449,9 +452,10 @@ impl Run {
                 self.report_dropped(inner, seq, dropped).await;
             }
         }
+        let mut heartbeat = false;
         match frame {
             ShimFrame::Hello(_) => {}
-            ShimFrame::Message { conn, line, .. } => self.on_message(inner, seq, conn, &line, clock).await,
+            ShimFrame::Message { conn, line, .. } => heartbeat = self.on_message(inner, seq, conn, &line, clock).await,
             ShimFrame::Stdout { line, .. } => self.on_output(inner, seq, "stdout", "info", &line).await,
             ShimFrame::Stderr { line, .. } => self.on_output(inner, seq, "stderr", "error", &line).await,
             ShimFrame::Oversize { conn, len, .. } => {
@@ -476,6 +480,7 @@ impl Run {
             }
         }
         self.lock().processed_seq = seq;
+        heartbeat && !reported_drops
     }
 
     fn entry(&self, stream: &str, level: &str, message: String) -> LogEntry {
@@ -525,17 +530,19 @@ impl Run {
             .await;
     }
 
-    async fn on_message(self: &Arc<Self>, inner: &Inner, seq: u64, conn: u64, line: &[u8], clock: &BatchClock) {
+    /// Processes one message line of the job. Returns true when it was a
+    /// heartbeat.
+    async fn on_message(self: &Arc<Self>, inner: &Inner, seq: u64, conn: u64, line: &[u8], clock: &BatchClock) -> bool {
         let parsed = match parse_line(line) {
             Ok(parsed) => parsed,
             Err(err) => {
                 tracing::warn!(job_id = %self.job_id, job_name = %self.name, conn, error = %err, "rejected a message line");
-                return;
+                return false;
             }
         };
         if parsed.job_id != self.job_id {
             tracing::warn!(job_id = %self.job_id, message_job_id = %parsed.job_id, "rejected a message for another job on this job's socket");
-            return;
+            return false;
         }
         let now = clock.ms;
         {
@@ -546,7 +553,7 @@ impl Run {
             state.stale = false;
             if state.summary.terminal.is_some() {
                 tracing::debug!(job_id = %self.job_id, kind = parsed.message.kind(), "ignored a message after the job's terminal message");
-                return;
+                return false;
             }
         }
         // Every message counts as a heartbeat; progress records both in one
@@ -560,6 +567,7 @@ impl Run {
         }
 
         let (id, name, attempt) = (&self.job_id, &self.name, self.attempt);
+        let heartbeat = matches!(parsed.message, JobMessage::Heartbeat);
         match parsed.message {
             JobMessage::Started { protocol } => {
                 if protocol.unwrap_or(1) >= 2 {
@@ -600,6 +608,7 @@ impl Run {
                 tracing::info!(job_id = %id, kind = %kind, "ignored a message of unknown type");
             }
         }
+        heartbeat
     }
 
     fn record_terminal(self: &Arc<Self>, seq: u64, terminal: Terminal) {

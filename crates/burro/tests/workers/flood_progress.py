@@ -3,8 +3,8 @@
 
 Message i, counting from 0 to count - 1, has percent i * 100 / count and
 message str(i), followed by a space and data.pad x's when data.pad is set.
-Then it prints data.stdout lines "out <i>" to standard output. The result is
-{"sent": count}.
+Then it sends data.heartbeats heartbeats and prints data.stdout lines
+"out <i>" to standard output. The result is {"sent": count}.
 """
 
 import os
@@ -21,6 +21,8 @@ def handler(job):
     suffix = " " + "x" * pad if pad else ""
     for i in range(count):
         job.progress(i * 100 / count, str(i) + suffix)
+    for _ in range(int((job.data or {}).get("heartbeats", 0))):
+        job.heartbeat()
     for i in range(int((job.data or {}).get("stdout", 0))):
         print("out {}".format(i))
     return {"sent": count}
