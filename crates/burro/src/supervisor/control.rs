@@ -16,10 +16,10 @@ use tokio::sync::mpsc;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Maximum time between acknowledgements while frames are being processed.
 const ACK_INTERVAL: Duration = Duration::from_millis(250);
-/// Maximum time a heartbeat waits for its acknowledgement. Every other
-/// frame is acknowledged at once, and the next acknowledgement covers the
-/// heartbeats before it, so a sleeping job costs one write per interval
-/// instead of one per heartbeat.
+/// Time since the last acknowledgement after which a batch of heartbeats
+/// alone is acknowledged. Every other frame is acknowledged at once, and an
+/// acknowledgement covers the heartbeats before it, so a sleeping job costs
+/// one write per interval instead of one per heartbeat.
 const HEARTBEAT_ACK_INTERVAL: Duration = Duration::from_secs(30);
 /// Maximum size of heartbeat frames left unacknowledged. The shim stops
 /// reading from the job when its unacknowledged frames reach 512 KiB, and a
