@@ -35,6 +35,40 @@ pub struct Event {
     pub origin: Option<String>,
 }
 
+/// Events gathered by one task and emitted together with
+/// [`Events::emit_batch`].
+#[derive(Debug, Default)]
+pub struct EventBatch {
+    events: Vec<Event>,
+}
+
+impl EventBatch {
+    /// Creates an empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an event emitted in this process at `timestamp_ms`.
+    pub fn push(&mut self, name: impl Into<String>, data: serde_json::Value, timestamp_ms: i64) {
+        self.events.push(Event {
+            name: name.into(),
+            data,
+            timestamp_ms,
+            origin: None,
+        });
+    }
+
+    /// Returns the number of events waiting in the batch.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Returns true when no event waits in the batch.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
 /// Limits of an [`Events`] bus.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventsConfig {
@@ -225,12 +259,48 @@ impl Events {
         .await;
     }
 
+    /// Emits the events of `batch` in order, as [`emit_at`](Self::emit_at)
+    /// would one by one, and leaves the batch empty.
+    ///
+    /// The history and the subscriptions are locked once for the batch
+    /// instead of once per event, and each matching queue receives the
+    /// batch's events back to back, so a waiting subscriber wakes once for
+    /// many of them.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, as [`emit`](Self::emit).
+    pub async fn emit_batch(&self, batch: &mut EventBatch) {
+        if batch.events.is_empty() {
+            return;
+        }
+        let events: Vec<Arc<Event>> = batch.events.drain(..).map(Arc::new).collect();
+        self.inner.record_all(&events);
+
+        let mut start = 0;
+        while start < events.len() {
+            let name = &events[start].name;
+            let end = start + events[start..].iter().take_while(|event| event.name == *name).count();
+            for (sender, once) in self.inner.matching_senders(name) {
+                let run = if once { &events[start..=start] } else { &events[start..end] };
+                for event in run {
+                    // An error means the subscription is gone; the rest of
+                    // the run has nowhere to go either.
+                    if sender.send(Arc::clone(event)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            start = end;
+        }
+    }
+
     async fn deliver(&self, event: Event) {
         let event = Arc::new(event);
 
         self.inner.record(&event);
 
-        for sender in self.inner.matching_senders(&event.name) {
+        for (sender, _) in self.inner.matching_senders(&event.name) {
             // An error means the subscription was removed after the
             // senders were collected, so the event has nowhere to go.
             let _ = sender.send(Arc::clone(&event)).await;
@@ -304,16 +374,39 @@ impl Bus {
         if self.config.history == 0 {
             return;
         }
-        let mut history = lock(&self.history);
-        if history.len() == self.config.history {
-            history.pop_front();
-        }
-        history.push_back(Arc::clone(event));
+        let evicted = {
+            let mut history = lock(&self.history);
+            let evicted = if history.len() == self.config.history { history.pop_front() } else { None };
+            history.push_back(Arc::clone(event));
+            evicted
+        };
+        // Freeing an event's data takes longer than the lock needs to be held.
+        drop(evicted);
     }
 
-    /// Collects the queues that `name` goes to, and removes the `once`
-    /// subscriptions among them so that no later event matches them.
-    fn matching_senders(&self, name: &str) -> Vec<mpsc::Sender<Arc<Event>>> {
+    /// Records the events of a batch, and drops the events they push out
+    /// of the history after the lock is released.
+    fn record_all(&self, events: &[Arc<Event>]) {
+        if self.config.history == 0 {
+            return;
+        }
+        let mut evicted = Vec::with_capacity(events.len().min(self.config.history));
+        {
+            let mut history = lock(&self.history);
+            for event in events {
+                if history.len() == self.config.history {
+                    evicted.extend(history.pop_front());
+                }
+                history.push_back(Arc::clone(event));
+            }
+        }
+        drop(evicted);
+    }
+
+    /// Collects the queues that `name` goes to, each with whether it is a
+    /// `once` subscription, and removes the `once` subscriptions among them
+    /// so that no later event matches them.
+    fn matching_senders(&self, name: &str) -> Vec<(mpsc::Sender<Arc<Event>>, bool)> {
         let mut subscribers = lock(&self.subscribers);
         let mut senders = Vec::new();
 
@@ -324,7 +417,7 @@ impl Bus {
             if !subscriber.pattern.matches(name) {
                 return true;
             }
-            senders.push(subscriber.sender.clone());
+            senders.push((subscriber.sender.clone(), subscriber.once));
             !subscriber.once
         });
         senders

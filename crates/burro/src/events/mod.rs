@@ -10,7 +10,7 @@ mod bus;
 mod pattern;
 mod subscription;
 
-pub use bus::{Event, Events, EventsConfig, SubscriptionId, DEFAULT_HISTORY, DEFAULT_QUEUE};
+pub use bus::{Event, EventBatch, Events, EventsConfig, SubscriptionId, DEFAULT_HISTORY, DEFAULT_QUEUE};
 pub use pattern::{pattern_matches, Pattern};
 pub use subscription::Subscription;
 

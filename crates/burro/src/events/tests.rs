@@ -360,3 +360,68 @@ async fn subscription_ends_when_bus_is_dropped() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn batch_keeps_emit_order_for_every_subscription() {
+    within(async {
+        let events = bus(10, 16);
+        let mut only_a = events.subscribe("a.*");
+        let mut all = events.subscribe("*");
+        let (sender, receiver) = mpsc::unbounded_channel();
+        events.once("*", move |event| async move {
+            sender.send(event.data.clone())?;
+            Ok(())
+        });
+
+        let mut batch = EventBatch::new();
+        for (name, n) in [("a.x", 1), ("a.x", 2), ("b.x", 3), ("a.y", 4), ("a.y", 5)] {
+            batch.push(name, json!(n), 7);
+        }
+        assert_eq!(batch.len(), 5);
+        events.emit_batch(&mut batch).await;
+        assert!(batch.is_empty(), "emitting takes the events out of the batch");
+
+        let mut seen_a = Vec::new();
+        while let Some(event) = only_a.try_recv() {
+            seen_a.push(event.data.clone());
+        }
+        assert_eq!(seen_a, [json!(1), json!(2), json!(4), json!(5)]);
+        let mut seen_all = Vec::new();
+        while let Some(event) = all.try_recv() {
+            assert_eq!(event.timestamp_ms, 7);
+            seen_all.push(event.data.clone());
+        }
+        assert_eq!(seen_all, [json!(1), json!(2), json!(3), json!(4), json!(5)]);
+        assert_eq!(drain(receiver).await, [json!(1)], "a once subscription gets only the first event of a batch");
+        let history: Vec<_> = events.history().iter().map(|event| event.data.clone()).collect();
+        assert_eq!(history, [json!(1), json!(2), json!(3), json!(4), json!(5)]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn batch_larger_than_a_queue_waits_and_loses_nothing() {
+    within(async {
+        let events = bus(4, 2);
+        let mut subscription = events.subscribe("job.*");
+        let mut batch = EventBatch::new();
+        for n in 0..10 {
+            batch.push("job.progress", json!(n), 0);
+        }
+        let mut emit = Box::pin(events.emit_batch(&mut batch));
+        assert!((&mut emit).now_or_never().is_none(), "a batch larger than the queue must wait for the reader");
+
+        let reader = async {
+            let mut seen = Vec::new();
+            while seen.len() < 10 {
+                seen.push(subscription.recv().await.expect("event").data.clone());
+            }
+            seen
+        };
+        let ((), seen) = tokio::join!(emit, reader);
+        assert_eq!(seen, (0..10).map(|n| json!(n)).collect::<Vec<_>>());
+        let history: Vec<_> = events.history().iter().map(|event| event.data.clone()).collect();
+        assert_eq!(history, [json!(6), json!(7), json!(8), json!(9)], "the history keeps the last events of the batch");
+    })
+    .await;
+}

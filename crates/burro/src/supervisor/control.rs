@@ -3,6 +3,7 @@
 
 use super::{constant_time_eq, Inner};
 use crate::clock::BatchClock;
+use crate::events::EventBatch;
 use burro_protocol::control::{ServerFrame, ShimFrame, CONTROL_VERSION};
 use burro_protocol::{LineBuffer, LineEvent};
 use std::path::Path;
@@ -25,6 +26,10 @@ const HEARTBEAT_ACK_INTERVAL: Duration = Duration::from_secs(30);
 /// reading from the job when its unacknowledged frames reach 512 KiB, and a
 /// shim that sends nothing more would never get the acknowledgement.
 const HEARTBEAT_ACK_BYTES: usize = 64 * 1024;
+/// Job events gathered from frames before they are emitted together. The
+/// events of a read are emitted before the next read, in batches of at
+/// most this many.
+pub(super) const EVENT_BATCH: usize = 256;
 /// Frames are a job message plus a short prefix.
 const FRAME_OVERHEAD: usize = 64;
 
@@ -125,6 +130,7 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
     let mut last_ack = std::time::Instant::now();
     // Heartbeat frames processed since the last acknowledgement, in bytes.
     let mut quiet_bytes = 0usize;
+    let mut batch = EventBatch::new();
     loop {
         // Process everything already buffered, then acknowledge. Long batches
         // (a slow event subscriber) are acknowledged as they go, so the shim
@@ -142,7 +148,10 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
                             if run.already_processed(frame.seq()) {
                                 continue;
                             }
-                            let (heartbeat, waited) = poll_tracking_waits(run.process(&inner, frame, &clock)).await;
+                            let (heartbeat, mut waited) = poll_tracking_waits(run.process(&inner, frame, &clock, &mut batch)).await;
+                            if batch.len() >= EVENT_BATCH {
+                                waited |= poll_tracking_waits(run.emit_events(&inner, &mut batch)).await.1;
+                            }
                             processed_any = true;
                             if heartbeat {
                                 quiet_bytes += size;
@@ -159,6 +168,7 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
                                 clock.tick();
                             }
                             if urgent && clock.instant.saturating_duration_since(last_ack) >= ACK_INTERVAL {
+                                run.emit_events(&inner, &mut batch).await;
                                 run.flush_log();
                                 let _ = tx.send(ServerFrame::Ack(run.ackable_seq()).encode());
                                 last_ack = clock.instant;
@@ -173,6 +183,7 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
                 }
             }
         }
+        run.emit_events(&inner, &mut batch).await;
         let heartbeats_due = quiet_bytes >= HEARTBEAT_ACK_BYTES || last_ack.elapsed() >= HEARTBEAT_ACK_INTERVAL;
         if processed_any && (urgent || heartbeats_due) {
             // Log lines become readable through the API once acknowledged.

@@ -110,12 +110,17 @@ async fn apply_exit_record(inner: &Inner, run: &Arc<Run>, job: &Job) -> bool {
     run.note("info", "the job ended while the server was away; applying its exit record".into());
     run.set_exit_record(path);
     let mut clock = crate::clock::BatchClock::now();
+    let mut batch = crate::events::EventBatch::new();
     for frame in frames {
         if !run.already_processed(frame.seq()) {
-            run.process(inner, frame, &clock).await;
+            run.process(inner, frame, &clock, &mut batch).await;
+            if batch.len() >= super::control::EVENT_BATCH {
+                run.emit_events(&inner, &mut batch).await;
+            }
             clock.tick();
         }
     }
+    run.emit_events(&inner, &mut batch).await;
     true
 }
 

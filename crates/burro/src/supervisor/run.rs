@@ -3,6 +3,7 @@
 
 use super::Inner;
 use crate::clock::{now_ms, BatchClock};
+use crate::events::EventBatch;
 use crate::jobs::{ExitSummary, ExternalJob, KillReason, LogEntry, LogWriter, Terminal};
 use crate::store::{Job, ProcessState};
 use burro_protocol::control::{Hello, ServerFrame, ShimFrame, Welcome, CONTROL_VERSION};
@@ -85,6 +86,8 @@ struct State {
     exit_tx: Option<oneshot::Sender<ExitSummary>>,
     last_seen: Instant,
     stale: bool,
+    /// True while this job's events wait for slow subscribers.
+    delivering: bool,
     processed_seq: u64,
     /// Connections that announced protocol 2 and accept server lines.
     protocol2: HashSet<u64>,
@@ -152,6 +155,7 @@ impl Run {
                 exit_tx: Some(exit_tx),
                 last_seen: Instant::now(),
                 stale: false,
+                delivering: false,
                 processed_seq: 0,
                 protocol2: HashSet::new(),
                 control: None,
@@ -257,7 +261,7 @@ impl Run {
                 _ => Liveness::Healthy,
             };
         }
-        if state.summary.kill_reason.is_some() {
+        if state.summary.kill_reason.is_some() || state.delivering {
             return Liveness::Healthy;
         }
         let elapsed = state.last_seen.elapsed();
@@ -439,25 +443,30 @@ impl Run {
     /// frame counts as received at.
     /// Processes one frame of the shim. Returns true when it was a
     /// heartbeat and nothing else, which needs no prompt acknowledgement.
-    pub async fn process(self: &Arc<Self>, inner: &Inner, frame: ShimFrame, clock: &BatchClock) -> bool {
+    ///
+    /// Job events go to `batch`, which the caller emits. An `Exit` frame
+    /// emits the batch before it ends the attempt, so every event of the
+    /// attempt precedes the events of its end.
+    pub async fn process(self: &Arc<Self>, inner: &Inner, frame: ShimFrame, clock: &BatchClock, batch: &mut EventBatch) -> bool {
         let seq = frame.seq();
         let due = self.lock().output_rate.roll(clock.instant);
         let reported_drops = due.is_some();
         if let Some(dropped) = due {
-            self.report_dropped(inner, seq, dropped).await;
+            self.report_dropped(seq, dropped, clock, batch);
         }
         if matches!(frame, ShimFrame::Exit { .. }) {
             let left = self.lock().output_rate.take_dropped();
             if let Some(dropped) = left {
-                self.report_dropped(inner, seq, dropped).await;
+                self.report_dropped(seq, dropped, clock, batch);
             }
+            self.emit_events(inner, batch).await;
         }
         let mut heartbeat = false;
         match frame {
             ShimFrame::Hello(_) => {}
-            ShimFrame::Message { conn, line, .. } => heartbeat = self.on_message(inner, seq, conn, &line, clock).await,
-            ShimFrame::Stdout { line, .. } => self.on_output(inner, seq, "stdout", "info", &line).await,
-            ShimFrame::Stderr { line, .. } => self.on_output(inner, seq, "stderr", "error", &line).await,
+            ShimFrame::Message { conn, line, .. } => heartbeat = self.on_message(inner, seq, conn, &line, clock, batch),
+            ShimFrame::Stdout { line, .. } => self.on_output(seq, "stdout", "info", &line, clock, batch),
+            ShimFrame::Stderr { line, .. } => self.on_output(seq, "stderr", "error", &line, clock, batch),
             ShimFrame::Oversize { conn, len, .. } => {
                 tracing::error!(job_id = %self.job_id, job_name = %self.name, conn, bytes = len, "closed a job connection: message line over max_message_bytes");
                 let mut state = self.lock();
@@ -483,6 +492,27 @@ impl Run {
         heartbeat && !reported_drops
     }
 
+    /// Emits the job events of `batch`. The time this takes counts as a sign
+    /// of life: while subscribers are slow to take the job's events, the
+    /// job waits on the server, and must be neither reported stale nor
+    /// killed as dead for it.
+    pub async fn emit_events(&self, inner: &Inner, batch: &mut EventBatch) {
+        if batch.is_empty() {
+            return;
+        }
+        struct Delivering<'a>(&'a Run);
+        impl Drop for Delivering<'_> {
+            fn drop(&mut self) {
+                let mut state = self.0.lock();
+                state.delivering = false;
+                state.last_seen = state.last_seen.max(Instant::now());
+            }
+        }
+        self.lock().delivering = true;
+        let _delivering = Delivering(self);
+        inner.events.emit_batch(batch).await;
+    }
+
     fn entry(&self, stream: &str, level: &str, message: String) -> LogEntry {
         LogEntry {
             ts: now_ms(),
@@ -494,7 +524,7 @@ impl Run {
         }
     }
 
-    async fn on_output(&self, inner: &Inner, seq: u64, stream: &str, level: &str, line: &[u8]) {
+    fn on_output(&self, seq: u64, stream: &str, level: &str, line: &[u8], clock: &BatchClock, batch: &mut EventBatch) {
         let mut text = String::from_utf8_lossy(line).into_owned();
         if text.ends_with('\r') {
             text.pop();
@@ -507,32 +537,28 @@ impl Run {
         if !send {
             return;
         }
-        inner
-            .events
-            .emit(
-                "job.external.log",
-                json!({"jobId": self.job_id, "name": self.name, "level": level, "message": text, "data": Value::Null, "stream": stream, "attempt": self.attempt, "seq": seq}),
-            )
-            .await;
+        batch.push(
+            "job.external.log",
+            json!({"jobId": self.job_id, "name": self.name, "level": level, "message": text, "data": Value::Null, "stream": stream, "attempt": self.attempt, "seq": seq}),
+            clock.ms,
+        );
     }
 
     /// Emits the one `log` event that counts the output lines sent to the
     /// job log but not as events.
-    async fn report_dropped(&self, inner: &Inner, seq: u64, dropped: u64) {
+    fn report_dropped(&self, seq: u64, dropped: u64, clock: &BatchClock, batch: &mut EventBatch) {
         tracing::debug!(job_id = %self.job_id, dropped, "output lines over the event rate were not sent as events");
         let message = format!("{dropped} output lines over {OUTPUT_EVENTS_PER_SECOND} per second were written to the job log but not sent as events");
-        inner
-            .events
-            .emit(
-                "job.external.log",
-                json!({"jobId": self.job_id, "name": self.name, "level": "warn", "message": message, "data": {"dropped": dropped}, "stream": "log", "attempt": self.attempt, "seq": seq}),
-            )
-            .await;
+        batch.push(
+            "job.external.log",
+            json!({"jobId": self.job_id, "name": self.name, "level": "warn", "message": message, "data": {"dropped": dropped}, "stream": "log", "attempt": self.attempt, "seq": seq}),
+            clock.ms,
+        );
     }
 
     /// Processes one message line of the job. Returns true when it was a
     /// heartbeat.
-    async fn on_message(self: &Arc<Self>, inner: &Inner, seq: u64, conn: u64, line: &[u8], clock: &BatchClock) -> bool {
+    fn on_message(self: &Arc<Self>, inner: &Inner, seq: u64, conn: u64, line: &[u8], clock: &BatchClock, batch: &mut EventBatch) -> bool {
         let parsed = match parse_line(line) {
             Ok(parsed) => parsed,
             Err(err) => {
@@ -574,33 +600,25 @@ impl Run {
                     self.lock().protocol2.insert(conn);
                 }
                 inner.live.process_state(id, ProcessState::Running);
-                inner
-                    .events
-                    .emit("job.external.spawned", json!({"jobId": id, "name": name, "attempt": attempt, "seq": seq}))
-                    .await;
+                batch.push("job.external.spawned", json!({"jobId": id, "name": name, "attempt": attempt, "seq": seq}), now);
             }
             JobMessage::Progress { percent, message, data } => {
-                inner
-                    .events
-                    .emit_at(
-                        "job.external.progress",
-                        json!({"jobId": id, "name": name, "percent": percent, "message": message, "data": data, "attempt": attempt, "seq": seq}),
-                        now,
-                    )
-                    .await;
+                batch.push(
+                    "job.external.progress",
+                    json!({"jobId": id, "name": name, "percent": percent, "message": message, "data": data, "attempt": attempt, "seq": seq}),
+                    now,
+                );
             }
             JobMessage::Heartbeat => {}
             JobMessage::Log { level, message, data } => {
                 let mut entry = self.entry("log", level.as_str(), message.clone());
                 entry.data = data.clone();
                 self.lock().log.append(&entry);
-                inner
-                    .events
-                    .emit(
-                        "job.external.log",
-                        json!({"jobId": id, "name": name, "level": level.as_str(), "message": message, "data": data, "stream": "log", "attempt": attempt, "seq": seq}),
-                    )
-                    .await;
+                batch.push(
+                    "job.external.log",
+                    json!({"jobId": id, "name": name, "level": level.as_str(), "message": message, "data": data, "stream": "log", "attempt": attempt, "seq": seq}),
+                    now,
+                );
             }
             JobMessage::Completed { result } => self.record_terminal(seq, Terminal::Completed(result)),
             JobMessage::Failed { error, stack } => self.record_terminal(seq, Terminal::Failed { error, stack }),
