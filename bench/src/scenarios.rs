@@ -147,6 +147,21 @@ impl Ends {
             event = next_event(&mut self.failed, "job.failed") => event,
         }
     }
+
+    /// Receives the next `job.completed` or `job.failed` event with no time
+    /// limit, which costs no timer.
+    async fn recv(&mut self) -> Result<Arc<burro::events::Event>> {
+        let event = tokio::select! {
+            event = self.completed.recv() => event,
+            event = self.failed.recv() => event,
+        };
+        event.context("an event subscription ended while waiting for the ends of jobs")
+    }
+
+    /// Takes a queued `job.completed` or `job.failed` event without waiting.
+    fn try_next(&mut self) -> Option<Arc<burro::events::Event>> {
+        self.completed.try_recv().or_else(|| self.failed.try_recv())
+    }
 }
 
 /// Returns true for the events that end an attempt of a `tiny` job. Fails
@@ -398,22 +413,54 @@ pub async fn s4_message_ingest(
             }
         });
         let (mut received, mut ended) = (0u64, 0u64);
-        while ended < S4_JOBS || received < expected {
+        // The counting loop sets no timer per event: it takes what is queued
+        // without waiting, and its two timers are reset at most once per
+        // wakeup. A timer per event cost this process as much CPU as some
+        // of the server's own steps.
+        let stall = tokio::time::sleep(WAIT);
+        let grace = tokio::time::sleep(WAIT);
+        tokio::pin!(stall, grace);
+        loop {
+            let before = received;
+            while let Some(event) = progress.try_recv() {
+                if event.data["name"] == JOB {
+                    received += 1;
+                }
+            }
+            while ended < S4_JOBS {
+                let Some(event) = ends.try_next() else { break };
+                if is_end(&event)? {
+                    ended += 1;
+                    if ended == S4_JOBS {
+                        // Once every job has ended, a progress event still
+                        // missing after this grace is counted as lost.
+                        grace.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(5));
+                    }
+                }
+            }
+            if ended == S4_JOBS && received >= expected {
+                break;
+            }
+            if received > before {
+                stall.as_mut().reset(tokio::time::Instant::now() + WAIT);
+            }
             tokio::select! {
-                event = next_event(&mut progress, "progress events") => {
-                    if event?.data["name"] == JOB {
+                event = progress.recv() => {
+                    let event = event.context("the event subscription ended while waiting for progress events")?;
+                    if event.data["name"] == JOB {
                         received += 1;
                     }
                 }
-                event = ends.next(), if ended < S4_JOBS => {
-                    let event = event?;
-                    if is_end(&event)? {
+                event = ends.recv(), if ended < S4_JOBS => {
+                    if is_end(&*event?)? {
                         ended += 1;
+                        if ended == S4_JOBS {
+                            grace.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(5));
+                        }
                     }
                 }
-                // Once every job has ended, a progress event still missing
-                // after this grace is counted as lost.
-                _ = tokio::time::sleep(Duration::from_secs(5)), if ended == S4_JOBS => break,
+                () = &mut grace, if ended == S4_JOBS => break,
+                () = &mut stall => bail!("timed out after {WAIT:?} waiting for progress events"),
             }
         }
         let elapsed = start.elapsed();
