@@ -30,6 +30,11 @@ const HEARTBEAT_ACK_BYTES: usize = 64 * 1024;
 /// events of a read are emitted before the next read, in batches of at
 /// most this many.
 pub(super) const EVENT_BATCH: usize = 256;
+/// First and largest size of a connection's read buffer. The buffer doubles
+/// whenever a read fills it, so a quiet job's connection holds a few KiB and
+/// a busy one reads in large blocks.
+const READ_FIRST: usize = 4 * 1024;
+const READ_MOST: usize = 64 * 1024;
 /// Frames are a job message plus a short prefix.
 const FRAME_OVERHEAD: usize = 64;
 
@@ -82,7 +87,9 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
     });
 
     let mut lines = LineBuffer::new(inner.settings.max_message_bytes + FRAME_OVERHEAD);
-    let mut chunk = vec![0u8; 64 * 1024];
+    // Not zeroed: a zeroed allocation may be written in full by the
+    // allocator, which makes every page of it resident at once.
+    let mut chunk: Vec<u8> = Vec::with_capacity(READ_FIRST);
 
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, next_frame(&mut reader, &mut lines, &mut chunk)).await {
         Ok(Some(ShimFrame::Hello(hello))) => hello,
@@ -192,9 +199,8 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
             last_ack = std::time::Instant::now();
             quiet_bytes = 0;
         }
-        match reader.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => lines.push(&chunk[..n]),
+        if !read_chunk(&mut reader, &mut chunk, &mut lines).await {
+            break;
         }
     }
     tracing::debug!(job_id = %run.job_id, "shim disconnected");
@@ -215,11 +221,29 @@ async fn poll_tracking_waits<T>(future: impl std::future::Future<Output = T>) ->
     (output, waited)
 }
 
+/// Reads what the shim has sent into `lines`, through `chunk`, which it
+/// grows when the read filled it. Returns false at EOF or on an error.
+async fn read_chunk(reader: &mut tokio::net::unix::OwnedReadHalf, chunk: &mut Vec<u8>, lines: &mut LineBuffer) -> bool {
+    chunk.clear();
+    let room = chunk.capacity();
+    match reader.read_buf(chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            lines.push(&chunk[..n]);
+            if n == room && room < READ_MOST {
+                chunk.clear();
+                chunk.reserve(room * 2);
+            }
+            true
+        }
+    }
+}
+
 /// Reads the next frame; `None` at EOF. Used only for the handshake.
 async fn next_frame(
     reader: &mut tokio::net::unix::OwnedReadHalf,
     lines: &mut LineBuffer,
-    chunk: &mut [u8],
+    chunk: &mut Vec<u8>,
 ) -> Option<ShimFrame> {
     loop {
         if let Some(event) = lines.next_event() {
@@ -228,9 +252,46 @@ async fn next_frame(
                 LineEvent::Overflow { .. } => None,
             };
         }
-        match reader.read(chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => lines.push(&chunk[..n]),
+        if !read_chunk(reader, chunk, lines).await {
+            return None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn read_buffer_stays_small_for_short_frames_and_grows_for_a_flood() {
+        let (mut shim, server) = UnixStream::pair().expect("socket pair");
+        let (mut reader, _writer) = server.into_split();
+        let mut lines = LineBuffer::new(1 << 20);
+        let mut chunk = Vec::with_capacity(READ_FIRST);
+
+        shim.write_all(b"{\"short\":1}\n").await.expect("write");
+        assert!(read_chunk(&mut reader, &mut chunk, &mut lines).await);
+        assert!(matches!(lines.next_event(), Some(LineEvent::Line(line)) if line == b"{\"short\":1}"));
+        assert!(chunk.capacity() < 2 * READ_FIRST, "a short frame left a buffer of {} bytes", chunk.capacity());
+
+        // 300 KiB in lines of 1 KiB: more than the socket holds, so reads fill the buffer.
+        let line = [vec![b'x'; 1023], vec![b'\n']].concat();
+        let writer = tokio::spawn(async move {
+            for _ in 0..300 {
+                shim.write_all(&line).await.expect("write");
+            }
+            shim
+        });
+        let mut received = 0;
+        while received < 300 {
+            assert!(read_chunk(&mut reader, &mut chunk, &mut lines).await, "the connection ended early");
+            while let Some(event) = lines.next_event() {
+                assert!(matches!(event, LineEvent::Line(ref line) if line.len() == 1023 && line.iter().all(|&b| b == b'x')));
+                received += 1;
+            }
+        }
+        drop(writer.await.expect("writer"));
+        assert!(chunk.capacity() >= READ_MOST, "a flood left the buffer at {} bytes", chunk.capacity());
+        assert!(chunk.capacity() < 2 * READ_MOST, "the buffer grew past its limit to {} bytes", chunk.capacity());
     }
 }
