@@ -10,6 +10,11 @@ mod s3;
 mod scale;
 mod scenarios;
 
+/// The allocator that the `burro` binary uses, because the scenarios run
+/// burro's server inside this process.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;

@@ -8,6 +8,14 @@ mod serve;
 mod sse;
 mod watch;
 
+/// The server allocates and frees a few small blocks for every job message
+/// it relays as an event, often on another thread than the one that
+/// allocated them. With mimalloc instead of the C library's allocator, the
+/// server relayed about half as many messages again per second in the
+/// message-ingest benchmark (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
