@@ -413,10 +413,10 @@ pub async fn s4_message_ingest(
             }
         });
         let (mut received, mut ended) = (0u64, 0u64);
-        // The counting loop sets no timer per event: it takes what is queued
-        // without waiting, and its two timers are reset at most once per
-        // wakeup. A timer per event cost this process as much CPU as some
-        // of the server's own steps.
+        // The counting loop sets no timer per event, because this process
+        // shares the cores with the server it measures: it takes what is
+        // queued without waiting, and resets its two timers at most once
+        // per wakeup.
         let stall = tokio::time::sleep(WAIT);
         let grace = tokio::time::sleep(WAIT);
         tokio::pin!(stall, grace);

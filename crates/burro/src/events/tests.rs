@@ -362,7 +362,7 @@ async fn subscription_ends_when_bus_is_dropped() {
 }
 
 #[tokio::test]
-async fn batch_keeps_emit_order_for_every_subscription() {
+async fn batch_keeps_order_per_subscription() {
     within(async {
         let events = bus(10, 16);
         let mut only_a = events.subscribe("a.*");
@@ -400,7 +400,7 @@ async fn batch_keeps_emit_order_for_every_subscription() {
 }
 
 #[tokio::test]
-async fn batch_larger_than_a_queue_waits_and_loses_nothing() {
+async fn oversized_batch_waits_and_loses_nothing() {
     within(async {
         let events = bus(4, 2);
         let mut subscription = events.subscribe("job.*");
