@@ -465,6 +465,54 @@ async fn slow_subscriber_causes_no_false_stale() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_subscriber_keeps_the_shim_waiting() {
+    // A shim whose job has exited waits `shim_linger` after the last
+    // acknowledgement, then leaves an exit record and exits. A handler that
+    // takes 20 ms per event delays a batch of 256 events by about 5 s, so
+    // the server must acknowledge while the batch waits, or the job is lost.
+    let server = start_with(
+        |config| {
+            config.external.shim_linger = Duration::from_secs(2);
+            config.external_jobs.insert("flood".into(), external("python3", "flood_progress.py"));
+        },
+        |_| {},
+    )
+    .await;
+
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let handled = Arc::new(AtomicUsize::new(0));
+    // Set once the job has ended, so the events still queued drain quickly.
+    let fast = Arc::new(AtomicBool::new(false));
+    let (counter, fast_handler) = (handled.clone(), fast.clone());
+    server.core().events.on("job.external.progress", move |_| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let slow = !fast_handler.load(Ordering::Relaxed);
+        async move {
+            if slow {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(())
+        }
+    });
+
+    let count = 2_000;
+    let id = server.core().jobs.enqueue("flood", json!({"count": count, "pad": 300}), once()).await.unwrap();
+    let job = within(Duration::from_secs(120), server.wait_finished(&id)).await;
+    fast.store(true, Ordering::Relaxed);
+    assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+    assert_eq!(job.result, Some(json!({"sent": count})));
+
+    within(Duration::from_secs(30), async {
+        while handled.load(Ordering::Relaxed) < count {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(handled.load(Ordering::Relaxed), count, "every progress event reaches the handler once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_after_completed_does_not_stall() {
     let server = start(vec![("chatty", external("python3", "output_after_complete.py"))]).await;
     // About 1 MB of output after `completed`. The server acknowledges no

@@ -81,6 +81,10 @@ pub(crate) enum Liveness {
     Lost { since_ms: u64, connected: bool },
 }
 
+/// Time between the acknowledgements sent while a batch of job events
+/// waits for slow subscribers.
+const ACK_INTERVAL_WHILE_DELIVERING: Duration = Duration::from_millis(250);
+
 struct State {
     summary: ExitSummary,
     exit_tx: Option<oneshot::Sender<ExitSummary>>,
@@ -496,6 +500,11 @@ impl Run {
     /// of life: while subscribers are slow to take the job's events, the
     /// job waits on the server, and must be neither reported stale nor
     /// killed as dead for it.
+    ///
+    /// While the emit waits, the frames processed so far are acknowledged
+    /// every [`ACK_INTERVAL_WHILE_DELIVERING`]. A shim whose job has exited
+    /// gives up `shim_linger` after the last acknowledgement, and a batch
+    /// of 256 events can take longer than that to reach a slow subscriber.
     pub async fn emit_events(&self, inner: &Inner, batch: &mut EventBatch) {
         if batch.is_empty() {
             return;
@@ -510,7 +519,23 @@ impl Run {
         }
         self.lock().delivering = true;
         let _delivering = Delivering(self);
-        inner.events.emit_batch(batch).await;
+
+        let mut emit = std::pin::pin!(inner.events.emit_batch(batch));
+        // Most batches go out at once, and those need no timer.
+        if futures::poll!(emit.as_mut()).is_ready() {
+            return;
+        }
+        let mut acknowledge = tokio::time::interval(ACK_INTERVAL_WHILE_DELIVERING);
+        acknowledge.reset();
+        loop {
+            tokio::select! {
+                () = emit.as_mut() => return,
+                _ = acknowledge.tick() => {
+                    self.flush_log();
+                    self.send(ServerFrame::Ack(self.ackable_seq()));
+                }
+            }
+        }
     }
 
     fn entry(&self, stream: &str, level: &str, message: String) -> LogEntry {
