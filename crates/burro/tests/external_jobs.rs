@@ -468,7 +468,7 @@ async fn slow_subscriber_causes_no_false_stale() {
 async fn slow_subscriber_keeps_the_shim_waiting() {
     // A shim whose job has exited waits `shim_linger` after the last
     // acknowledgement, then leaves an exit record and exits. A handler that
-    // takes 20 ms per event delays a batch of 256 events by about 5 s, so
+    // takes 20 ms per event delays a batch of 256 events by about 5 s. So
     // the server must acknowledge while the batch waits, or the job is lost.
     let server = start_with(
         |config| {

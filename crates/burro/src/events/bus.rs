@@ -274,8 +274,19 @@ impl Events {
         if batch.events.is_empty() {
             return;
         }
-        let events: Vec<Arc<Event>> = batch.events.drain(..).map(Arc::new).collect();
-        self.inner.record_all(&events);
+        self.deliver_all(batch.events.drain(..).collect()).await;
+    }
+
+    async fn deliver(&self, event: Event) {
+        self.deliver_all(vec![event]).await;
+    }
+
+    /// Records `events` in the history and sends each run of events with
+    /// the same name to the queues that name matches, a `once`
+    /// subscription getting only the first event of the run.
+    async fn deliver_all(&self, events: Vec<Event>) {
+        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+        self.inner.record(&events);
 
         let mut start = 0;
         while start < events.len() {
@@ -284,26 +295,15 @@ impl Events {
             for (sender, once) in self.inner.matching_senders(name) {
                 let run = if once { &events[start..=start] } else { &events[start..end] };
                 for event in run {
-                    // An error means the subscription is gone; the rest of
-                    // the run has nowhere to go either.
+                    // An error means the subscription was removed after the
+                    // senders were collected, so the rest of the run has
+                    // nowhere to go either.
                     if sender.send(Arc::clone(event)).await.is_err() {
                         break;
                     }
                 }
             }
             start = end;
-        }
-    }
-
-    async fn deliver(&self, event: Event) {
-        let event = Arc::new(event);
-
-        self.inner.record(&event);
-
-        for (sender, _) in self.inner.matching_senders(&event.name) {
-            // An error means the subscription was removed after the
-            // senders were collected, so the event has nowhere to go.
-            let _ = sender.send(Arc::clone(&event)).await;
         }
     }
 
@@ -370,23 +370,10 @@ impl Bus {
         }
     }
 
-    fn record(&self, event: &Arc<Event>) {
-        if self.config.history == 0 {
-            return;
-        }
-        let evicted = {
-            let mut history = lock(&self.history);
-            let evicted = if history.len() == self.config.history { history.pop_front() } else { None };
-            history.push_back(Arc::clone(event));
-            evicted
-        };
-        // Freeing an event's data takes longer than the lock needs to be held.
-        drop(evicted);
-    }
-
-    /// Records the events of a batch, and drops the events they push out
-    /// of the history after the lock is released.
-    fn record_all(&self, events: &[Arc<Event>]) {
+    /// Records `events` in the history. The events they push out are freed
+    /// after the lock is released, because freeing an event's data takes
+    /// longer than the lock needs to be held.
+    fn record(&self, events: &[Arc<Event>]) {
         if self.config.history == 0 {
             return;
         }
