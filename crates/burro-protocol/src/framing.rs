@@ -15,6 +15,16 @@ pub enum LineEvent {
     Overflow { len: usize },
 }
 
+/// One result of [`LineBuffer::next_slice`]: [`LineEvent`] with the line
+/// borrowed from the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LineSlice<'a> {
+    /// A complete line without its `\n` (a trailing `\r` is kept).
+    Line(&'a [u8]),
+    /// A line reached the maximum size; see [`LineEvent::Overflow`].
+    Overflow { len: usize },
+}
+
 /// Accumulates bytes and splits them into lines of at most `max_line` bytes.
 #[derive(Debug)]
 pub struct LineBuffer {
@@ -59,9 +69,31 @@ impl LineBuffer {
     /// Returns the next complete line or overflow, or `None` when more bytes
     /// are needed.
     pub fn next_event(&mut self) -> Option<LineEvent> {
+        let event = match self.next_found()? {
+            Found::Line { start, end } => LineEvent::Line(self.buf[start..end].to_vec()),
+            Found::Overflow { len } => LineEvent::Overflow { len },
+        };
+        self.compact();
+        Some(event)
+    }
+
+    /// Returns the next complete line, borrowed from the buffer, or the next
+    /// overflow, or `None` when more bytes are needed. Same lines as
+    /// [`next_event`](Self::next_event), without copying each one.
+    pub fn next_slice(&mut self) -> Option<LineSlice<'_>> {
+        // The line returned last time is no longer borrowed.
+        self.compact();
+        match self.next_found()? {
+            Found::Line { start, end } => Some(LineSlice::Line(&self.buf[start..end])),
+            Found::Overflow { len } => Some(LineSlice::Overflow { len }),
+        }
+    }
+
+    /// Finds the next line or overflow and moves past it.
+    fn next_found(&mut self) -> Option<Found> {
         loop {
             let pending = &self.buf[self.start..];
-            let found = memchr(b'\n', &pending[self.searched..]).map(|pos| pos + self.searched);
+            let found = memchr::memchr(b'\n', &pending[self.searched..]).map(|pos| pos + self.searched);
             self.searched = match found {
                 Some(_) => 0,
                 None => pending.len(),
@@ -74,13 +106,12 @@ impl LineBuffer {
                 }
                 Some(pos) if pos > self.max_line => {
                     self.start += pos + 1;
-                    return Some(LineEvent::Overflow { len: pos });
+                    return Some(Found::Overflow { len: pos });
                 }
                 Some(pos) => {
-                    let line = pending[..pos].to_vec();
+                    let start = self.start;
                     self.start += pos + 1;
-                    self.compact();
-                    return Some(LineEvent::Line(line));
+                    return Some(Found::Line { start, end: start + pos });
                 }
                 None if self.skipping => {
                     self.buf.clear();
@@ -94,7 +125,7 @@ impl LineBuffer {
                     self.start = 0;
                     self.searched = 0;
                     self.skipping = true;
-                    return Some(LineEvent::Overflow { len });
+                    return Some(Found::Overflow { len });
                 }
                 None => {
                     self.compact();
@@ -141,8 +172,10 @@ impl LineBuffer {
     }
 }
 
-fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
+/// What [`LineBuffer::next_found`] found, by position in the buffer.
+enum Found {
+    Line { start: usize, end: usize },
+    Overflow { len: usize },
 }
 
 #[cfg(test)]
@@ -202,5 +235,28 @@ mod tests {
         assert_eq!(drain(&mut buffer), vec![]);
         assert_eq!(buffer.finish(), Some(LineEvent::Line(b"tail".to_vec())));
         assert_eq!(buffer.finish(), None);
+    }
+
+    #[test]
+    fn borrowed_lines_survive_compaction() {
+        // Lines of 1000 bytes with their newline, pushed 500 bytes first and
+        // then 1000 at a time: every push ends mid-line, so the buffer is
+        // never cleared and is compacted as it passes 64 KiB.
+        let lines: Vec<Vec<u8>> = (0..300).map(|i| format!("{i:06}{}", "x".repeat(993)).into_bytes()).collect();
+        let stream: Vec<u8> = lines.iter().flat_map(|line| line.iter().copied().chain([b'\n'])).collect();
+        let mut buffer = LineBuffer::new(2048);
+        let mut seen = 0;
+        let mut pushes = vec![&stream[..500]];
+        pushes.extend(stream[500..].chunks(1000));
+        for chunk in pushes {
+            buffer.push(chunk);
+            while let Some(slice) = buffer.next_slice() {
+                assert_eq!(slice, LineSlice::Line(&lines[seen]), "line {seen}");
+                seen += 1;
+            }
+            assert!(buffer.buf.len() < 132 * 1024, "the buffer grew to {} bytes", buffer.buf.len());
+        }
+        assert_eq!(seen, lines.len());
+        assert_eq!(buffer.buffered(), 0);
     }
 }

@@ -14,7 +14,7 @@ pub mod message;
 pub mod names;
 pub mod payload;
 
-pub use framing::{LineBuffer, LineEvent};
+pub use framing::{LineBuffer, LineEvent, LineSlice};
 pub use message::{parse_line, JobMessage, LogLevel, MessageError, ParsedMessage};
 pub use payload::Payload;
 

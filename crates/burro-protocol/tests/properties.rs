@@ -2,7 +2,7 @@
 //! and the shim control frames.
 
 use burro_protocol::control::{ExitReport, Hello, ServerFrame, ShimFrame, Welcome};
-use burro_protocol::{parse_line, JobMessage, LineBuffer, LineEvent, LogLevel, MessageError};
+use burro_protocol::{parse_line, JobMessage, LineBuffer, LineEvent, LineSlice, LogLevel, MessageError};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -412,10 +412,12 @@ fn expected_events(input: &[u8], max_line: usize) -> Vec<Expected> {
 
 /// Feeds `input` in chunks of the given sizes (used in turn), draining the
 /// buffer after every push as a reader does, then finishes the stream.
+/// `borrowed` drains with `next_slice` instead of `next_event`.
 fn feed(
     input: &[u8],
     chunk_sizes: &[usize],
     max_line: usize,
+    borrowed: bool,
 ) -> Result<Vec<Expected>, TestCaseError> {
     let mut buffer = LineBuffer::new(max_line);
     let mut events = Vec::new();
@@ -444,8 +446,17 @@ fn feed(
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
         buffer.push(chunk);
-        while let Some(event) = buffer.next_event() {
-            record(event)?;
+        if borrowed {
+            while let Some(slice) = buffer.next_slice() {
+                record(match slice {
+                    LineSlice::Line(line) => LineEvent::Line(line.to_vec()),
+                    LineSlice::Overflow { len } => LineEvent::Overflow { len },
+                })?;
+            }
+        } else {
+            while let Some(event) = buffer.next_event() {
+                record(event)?;
+            }
         }
         prop_assert!(
             buffer.buffered() <= max_line,
@@ -481,12 +492,14 @@ proptest! {
         max_line in 1usize..48,
     ) {
         let expected = expected_events(&input, max_line);
-        let chunked = feed(&input, &chunk_sizes, max_line)?;
-        prop_assert_eq!(&chunked, &expected);
-        let whole = feed(&input, &[input.len().max(1)], max_line)?;
-        prop_assert_eq!(&whole, &expected);
-        let bytewise = feed(&input, &[1], max_line)?;
-        prop_assert_eq!(&bytewise, &expected);
+        for borrowed in [false, true] {
+            let chunked = feed(&input, &chunk_sizes, max_line, borrowed)?;
+            prop_assert_eq!(&chunked, &expected);
+            let whole = feed(&input, &[input.len().max(1)], max_line, borrowed)?;
+            prop_assert_eq!(&whole, &expected);
+            let bytewise = feed(&input, &[1], max_line, borrowed)?;
+            prop_assert_eq!(&bytewise, &expected);
+        }
     }
 }
 
