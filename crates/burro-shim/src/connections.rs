@@ -3,7 +3,7 @@
 //! on one bounded channel, so a server that reads slowly slows the job down
 //! instead of growing the shim's memory.
 
-use burro_protocol::{LineBuffer, LineEvent};
+use burro_protocol::{LineBuffer, LineEvent, LineSlice};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
@@ -17,7 +17,9 @@ use tokio::time::{sleep_until, Instant};
 /// Something the job produced, in the order it was read from one source.
 #[derive(Debug)]
 pub enum Item {
-    Message { conn: u64, line: Vec<u8> },
+    /// Message lines of one connection, each ending in `\n`: the complete
+    /// lines of one read, so a busy job costs one item per read.
+    Messages { conn: u64, lines: Vec<u8> },
     Stdout(Vec<u8>),
     Stderr(Vec<u8>),
     Oversize { conn: u64, len: usize },
@@ -192,21 +194,26 @@ async fn serve_connection<S>(
                     // The peer half-closed: close our side at once, because
                     // clients such as socat wait for it.
                     if let Some(LineEvent::Line(line)) = lines.finish() {
-                        forward_message(conn, line, items).await;
+                        let mut batch = Vec::new();
+                        add_message(&mut batch, &line);
+                        forward_messages(conn, batch, items).await;
                     }
                     return;
                 }
                 idle_deadline = Instant::now() + limits.idle_timeout;
                 lines.push(&chunk[..n]);
-                while let Some(event) = lines.next_event() {
-                    match event {
-                        LineEvent::Line(line) => forward_message(conn, line, items).await,
-                        LineEvent::Overflow { len } => {
+                let mut batch = Vec::new();
+                while let Some(slice) = lines.next_slice() {
+                    match slice {
+                        LineSlice::Line(line) => add_message(&mut batch, line),
+                        LineSlice::Overflow { len } => {
+                            forward_messages(conn, batch, items).await;
                             let _ = items.send(Item::Oversize { conn, len }).await;
                             return;
                         }
                     }
                 }
+                forward_messages(conn, batch, items).await;
             }
             Some(line) = outgoing.recv() => {
                 if stream.write_all(&line).await.is_err() {
@@ -222,11 +229,21 @@ async fn serve_connection<S>(
     }
 }
 
-async fn forward_message(conn: u64, line: Vec<u8>, items: &mpsc::Sender<Item>) {
+/// Adds a message line and its newline to `batch`, unless it is blank.
+fn add_message(batch: &mut Vec<u8>, line: &[u8]) {
     if line.iter().all(u8::is_ascii_whitespace) {
         return;
     }
-    let _ = items.send(Item::Message { conn, line }).await;
+    batch.extend_from_slice(line);
+    batch.push(b'\n');
+}
+
+/// Sends the message lines gathered in `lines`, if any, as one item.
+async fn forward_messages(conn: u64, lines: Vec<u8>, items: &mpsc::Sender<Item>) {
+    if lines.is_empty() {
+        return;
+    }
+    let _ = items.send(Item::Messages { conn, lines }).await;
 }
 
 /// Reads message lines from the inherited pipe (`BURRO_MESSAGE_FD`). The
@@ -255,19 +272,24 @@ pub fn spawn_message_pipe(
             };
             if n == 0 {
                 if let Some(LineEvent::Line(line)) = lines.finish() {
-                    forward_message(0, line, &items).await;
+                    let mut batch = Vec::new();
+                    add_message(&mut batch, &line);
+                    forward_messages(0, batch, &items).await;
                 }
                 return;
             }
             lines.push(&chunk[..n]);
-            while let Some(event) = lines.next_event() {
-                match event {
-                    LineEvent::Line(line) => forward_message(0, line, &items).await,
-                    LineEvent::Overflow { len } => {
+            let mut batch = Vec::new();
+            while let Some(slice) = lines.next_slice() {
+                match slice {
+                    LineSlice::Line(line) => add_message(&mut batch, line),
+                    LineSlice::Overflow { len } => {
+                        forward_messages(0, std::mem::take(&mut batch), &items).await;
                         let _ = items.send(Item::Oversize { conn: 0, len }).await;
                     }
                 }
             }
+            forward_messages(0, batch, &items).await;
         }
     });
 }

@@ -36,10 +36,37 @@ pub enum Command {
 /// Unacknowledged frames kept in memory; newer ones go to the spool file.
 pub const MEMORY_LIMIT: usize = 512 * 1024;
 
+/// Consecutive encoded frames, numbered `first` to `last`, each a line
+/// ending in `\n`.
+pub struct Frames {
+    first: u64,
+    last: u64,
+    bytes: Vec<u8>,
+}
+
+impl Frames {
+    /// Returns the bytes of the frames after `seq`, which is at least
+    /// `first - 1`.
+    fn after(&self, seq: u64) -> &[u8] {
+        if seq < self.first {
+            return &self.bytes;
+        }
+        let skip = (seq - self.first + 1) as usize;
+        let end = self
+            .bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, &byte)| byte == b'\n')
+            .nth(skip - 1)
+            .map_or(self.bytes.len(), |(at, _)| at + 1);
+        &self.bytes[end..]
+    }
+}
+
 /// State shared between the session task and the supervisor loop.
 pub struct Shared {
     /// The oldest unacknowledged frames, in sequence order.
-    pub unacked: RefCell<VecDeque<(u64, Vec<u8>)>>,
+    unacked: RefCell<VecDeque<Frames>>,
     /// Total size of `unacked`, in bytes.
     pub unacked_bytes: Cell<usize>,
     /// Newer unacknowledged frames, beyond [`MEMORY_LIMIT`].
@@ -63,7 +90,32 @@ impl SessionHandle {
     /// Queues an encoded frame for delivery: in memory while there is room
     /// and nothing is spooled, in the spool file otherwise.
     pub fn send(&self, seq: u64, bytes: Vec<u8>) {
-        let shared = &self.shared;
+        self.send_frames(seq, seq, bytes);
+    }
+
+    /// Queues the encoded frames `first` to `last`, in one buffer, like
+    /// [`send`](Self::send).
+    pub fn send_frames(&self, first: u64, last: u64, bytes: Vec<u8>) {
+        self.shared.queue(first, last, bytes);
+    }
+}
+
+impl Shared {
+    fn new(spool_path: Option<std::path::PathBuf>) -> Self {
+        Shared {
+            unacked: RefCell::new(VecDeque::new()),
+            unacked_bytes: Cell::new(0),
+            spool: RefCell::new(spool_path.map(crate::spool::Spool::new)),
+            last_contact: Cell::new(tokio::time::Instant::now()),
+            connected: Cell::new(false),
+            room: Notify::new(),
+            new_frames: Notify::new(),
+        }
+    }
+
+    /// Queues the encoded frames `first` to `last` for delivery.
+    fn queue(&self, first: u64, last: u64, bytes: Vec<u8>) {
+        let shared = self;
         let mut spool = shared.spool.borrow_mut();
         let spooling = spool.as_ref().is_some_and(|s| s.pending() > 0);
         // While the server is connected, frames stay in memory. Spooled
@@ -82,12 +134,10 @@ impl SessionHandle {
         }
         drop(spool);
         shared.unacked_bytes.set(shared.unacked_bytes.get() + bytes.len());
-        shared.unacked.borrow_mut().push_back((seq, bytes));
+        shared.unacked.borrow_mut().push_back(Frames { first, last, bytes });
         shared.new_frames.notify_one();
     }
-}
 
-impl Shared {
     /// Returns the bytes waiting for acknowledgement, in memory and spooled.
     pub fn pending_bytes(&self) -> u64 {
         let spooled = self.spool.borrow().as_ref().map_or(0, |s| s.pending());
@@ -122,7 +172,11 @@ impl Shared {
                 for frame in frames {
                     let seq = frame_seq(&frame);
                     self.unacked_bytes.set(self.unacked_bytes.get() + frame.len());
-                    unacked.push_back((seq, frame));
+                    unacked.push_back(Frames {
+                        first: seq,
+                        last: seq,
+                        bytes: frame,
+                    });
                 }
                 if !unacked.is_empty() {
                     self.new_frames.notify_one();
@@ -132,11 +186,49 @@ impl Shared {
         }
     }
 
+    /// Removes the frames up to `acked` from memory. Returns true when a
+    /// frame after `acked` remains in memory.
+    fn drop_acked(&self, acked: u64) -> bool {
+        let mut unacked = self.unacked.borrow_mut();
+        while let Some(front) = unacked.front_mut() {
+            if front.first > acked {
+                return true;
+            }
+            if front.last > acked {
+                // Part of a buffer of frames: keep the frames after `acked`.
+                let cut = front.bytes.len() - front.after(acked).len();
+                front.bytes.drain(..cut);
+                front.first = acked + 1;
+                self.unacked_bytes.set(self.unacked_bytes.get() - cut);
+                return true;
+            }
+            self.unacked_bytes.set(self.unacked_bytes.get() - front.bytes.len());
+            unacked.pop_front();
+        }
+        false
+    }
+
+    /// Copies the frames after `written` into one buffer; returns the buffer
+    /// and the last sequence number in it.
+    fn pending_after(&self, written: u64) -> (Vec<u8>, u64) {
+        let unacked = self.unacked.borrow();
+        // The queue is in sequence order, so the frames after `written` are
+        // found by binary search instead of a scan of every unacknowledged frame.
+        let first = unacked.partition_point(|frames| frames.last <= written);
+        let mut buffer = Vec::new();
+        let mut last = written;
+        for frames in unacked.range(first..) {
+            buffer.extend_from_slice(frames.after(written));
+            last = frames.last;
+        }
+        (buffer, last)
+    }
+
     /// Returns every unacknowledged frame, spooled ones included, in order.
     pub fn all_unacked(&self) -> Vec<u8> {
         let mut contents = Vec::new();
-        for (_, frame) in self.unacked.borrow().iter() {
-            contents.extend_from_slice(frame);
+        for frames in self.unacked.borrow().iter() {
+            contents.extend_from_slice(&frames.bytes);
         }
         if let Some(spool) = self.spool.borrow_mut().as_mut() {
             match spool.peek_all() {
@@ -162,15 +254,7 @@ fn frame_seq(frame: &[u8]) -> u64 {
 /// the memory limit; without it, every frame stays in memory.
 pub fn start(job_id: Rc<str>, control_path: String, hello: Hello, spool_path: Option<std::path::PathBuf>) -> SessionHandle {
     let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-    let shared = Rc::new(Shared {
-        unacked: RefCell::new(VecDeque::new()),
-        unacked_bytes: Cell::new(0),
-        spool: RefCell::new(spool_path.map(crate::spool::Spool::new)),
-        last_contact: Cell::new(tokio::time::Instant::now()),
-        connected: Cell::new(false),
-        room: Notify::new(),
-        new_frames: Notify::new(),
-    });
+    let shared = Rc::new(Shared::new(spool_path));
     let session = Session {
         job_id,
         control_path,
@@ -233,15 +317,8 @@ impl Session {
         self.shared.last_contact.set(tokio::time::Instant::now());
         self.shared.room.notify_one();
         loop {
-            {
-                let mut unacked = self.shared.unacked.borrow_mut();
-                while let Some((seq, bytes)) = unacked.front() {
-                    if *seq > acked {
-                        return;
-                    }
-                    self.shared.unacked_bytes.set(self.shared.unacked_bytes.get() - bytes.len());
-                    unacked.pop_front();
-                }
+            if self.shared.drop_acked(acked) {
+                return;
             }
             // Memory is empty up to `acked`: bring spooled frames back.
             let before = self.shared.unacked_bytes.get();
@@ -250,22 +327,6 @@ impl Session {
                 return;
             }
         }
-    }
-
-    /// Copies the frames after `written` into one buffer; returns the buffer
-    /// and the last sequence number in it.
-    fn pending_after(&self, written: u64) -> (Vec<u8>, u64) {
-        let unacked = self.shared.unacked.borrow();
-        // The queue is in sequence order, so the frames after `written` are
-        // found by binary search instead of a scan of every unacknowledged frame.
-        let first = unacked.partition_point(|(seq, _)| *seq <= written);
-        let mut buffer = Vec::new();
-        let mut last = written;
-        for (seq, bytes) in unacked.range(first..) {
-            buffer.extend_from_slice(bytes);
-            last = *seq;
-        }
-        (buffer, last)
     }
 
     async fn serve(&self, stream: UnixStream) -> Ended {
@@ -313,7 +374,7 @@ impl Session {
 
         let ended = loop {
             // Replay and new frames alike: everything after what was written.
-            let (buffer, last) = self.pending_after(written);
+            let (buffer, last) = self.shared.pending_after(written);
             if !buffer.is_empty() {
                 if write_tx.send(buffer).is_err() {
                     break Ended::Disconnected;
@@ -373,5 +434,39 @@ async fn read_frame(
             Ok(0) | Err(_) => return None,
             Ok(n) => lines.push(&chunk[..n]),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(first: u64, last: u64) -> Vec<u8> {
+        (first..=last).flat_map(|seq| format!("MSG {seq} 1 {{\"n\":{seq}}}\n").into_bytes()).collect()
+    }
+
+    #[tokio::test]
+    async fn acknowledgement_inside_a_buffer_keeps_the_frames_after_it() {
+        let shared = Shared::new(None);
+        shared.queue(1, 3, frames(1, 3));
+        shared.queue(4, 4, frames(4, 4));
+        shared.queue(5, 9, frames(5, 9));
+        let total = frames(1, 9).len();
+        assert_eq!(shared.unacked_bytes.get(), total);
+
+        // Frames after 2 are all still to be sent, from frame 3 on.
+        assert_eq!(shared.pending_after(2), (frames(3, 9), 9));
+        assert_eq!(shared.pending_after(6), (frames(7, 9), 9));
+        assert_eq!(shared.pending_after(9), (Vec::new(), 9));
+
+        assert!(shared.drop_acked(6), "frames 7 to 9 remain");
+        assert_eq!(shared.all_unacked(), frames(7, 9));
+        assert_eq!(shared.unacked_bytes.get(), frames(7, 9).len());
+        // A replay after acknowledgement 6 sends exactly frames 7 to 9.
+        assert_eq!(shared.pending_after(6), (frames(7, 9), 9));
+
+        assert!(!shared.drop_acked(9), "nothing remains");
+        assert_eq!(shared.unacked_bytes.get(), 0);
+        assert!(shared.all_unacked().is_empty());
     }
 }

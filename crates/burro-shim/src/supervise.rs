@@ -27,8 +27,11 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// together. While it is connected, the shim reads only while the waiting
 /// frames fit in memory.
 const MAX_UNACKED_BYTES: u64 = 1024 * 1024 * 1024;
-/// Capacity of the channel between the job-side tasks and this loop.
-const ITEM_QUEUE: usize = 256;
+/// Capacity of the channel between the job-side tasks and this loop. An
+/// item holds the message lines of one read of at most 16 KiB, plus the
+/// start of a line that read completed, so a full channel of short lines
+/// holds at most about 512 KiB.
+const ITEM_QUEUE: usize = 32;
 /// How often exited descendants are reaped after the job ended, and how
 /// often liveness is polled when no pidfd is available.
 const TICK: Duration = Duration::from_millis(100);
@@ -64,11 +67,8 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
         Ok(bound) => bound,
         Err(reason) => return fail_before_start(&spec, &job_id, String::new(), reason, started_at).await,
     };
+    // Sequence number of the last frame queued.
     let mut seq = 0u64;
-    let mut next_seq = || {
-        seq += 1;
-        seq
-    };
 
     let message_pipe = if spec.message_fd {
         match process::message_pipe() {
@@ -163,8 +163,7 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
         tokio::select! {
             item = items_rx.recv(), if accepting_items => {
                 if let Some(item) = item {
-                    let seq = next_seq();
-                    handle.send(seq, encode_item(seq, item));
+                    queue_item(&handle, &mut seq, item);
                     // Items that are already queued are taken in the same
                     // turn, so a busy job costs one pass of this loop, with
                     // its timers, per batch instead of per line.
@@ -173,8 +172,7 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
                             break;
                         }
                         let Ok(item) = items_rx.try_recv() else { break };
-                        let seq = next_seq();
-                        handle.send(seq, encode_item(seq, item));
+                        queue_item(&handle, &mut seq, item);
                     }
                 }
             }
@@ -248,8 +246,7 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
             if registry.active_sources.get() == 0 {
                 let _ = stop_tx.send(true);
                 while let Ok(item) = items_rx.try_recv() {
-                    let seq = next_seq();
-                    handle.send(seq, encode_item(seq, item));
+                    queue_item(&handle, &mut seq, item);
                 }
                 process::reap(&mut child);
                 let mut report = ExitReport {
@@ -258,7 +255,7 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
                     ..Default::default()
                 };
                 process::describe_end(ended, &mut report);
-                let seq = next_seq();
+                seq += 1;
                 handle.send(seq, ShimFrame::Exit { seq, report }.encode());
                 // Descendants got SIGTERM when the leader exited; the rest
                 // get SIGKILL after the grace period.
@@ -394,14 +391,36 @@ fn leave_exit_record(spec: &ShimSpec, job_id: &str, shared: &session::Shared) {
     }
 }
 
-fn encode_item(seq: u64, item: Item) -> Vec<u8> {
+/// Encodes `item` as frames numbered after `seq` and queues them; `seq`
+/// becomes the number of the last one. Message lines become one `MSG` frame
+/// each, encoded into one buffer and queued together.
+fn queue_item(handle: &session::SessionHandle, seq: &mut u64, item: Item) {
     let frame = match item {
-        Item::Message { conn, line } => ShimFrame::Message { seq, conn, line },
-        Item::Stdout(line) => ShimFrame::Stdout { seq, line },
-        Item::Stderr(line) => ShimFrame::Stderr { seq, line },
-        Item::Oversize { conn, len } => ShimFrame::Oversize { seq, conn, len },
+        Item::Messages { conn, lines } => {
+            let first = *seq + 1;
+            let mut conn_text = itoa::Buffer::new();
+            let conn_text = conn_text.format(conn).as_bytes();
+            let mut number = itoa::Buffer::new();
+            // Each frame adds its keyword, two numbers and two spaces.
+            let mut frames = Vec::with_capacity(lines.len() + lines.len() / 4 + 64);
+            for line in lines.split_inclusive(|&byte| byte == b'\n') {
+                *seq += 1;
+                frames.extend_from_slice(b"MSG ");
+                frames.extend_from_slice(number.format(*seq).as_bytes());
+                frames.push(b' ');
+                frames.extend_from_slice(conn_text);
+                frames.push(b' ');
+                frames.extend_from_slice(line);
+            }
+            handle.send_frames(first, *seq, frames);
+            return;
+        }
+        Item::Stdout(line) => ShimFrame::Stdout { seq: *seq + 1, line },
+        Item::Stderr(line) => ShimFrame::Stderr { seq: *seq + 1, line },
+        Item::Oversize { conn, len } => ShimFrame::Oversize { seq: *seq + 1, conn, len },
     };
-    frame.encode()
+    *seq += 1;
+    handle.send(*seq, frame.encode());
 }
 
 #[allow(clippy::too_many_arguments)]
