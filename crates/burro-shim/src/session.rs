@@ -37,29 +37,34 @@ pub enum Command {
 pub const MEMORY_LIMIT: usize = 512 * 1024;
 
 /// Consecutive encoded frames, numbered `first` to `last`, each a line
-/// ending in `\n`.
+/// ending in `\n`: `bytes` from `start` on. The bytes before `start` held
+/// frames already acknowledged; they are skipped rather than moved.
 pub struct Frames {
     first: u64,
     last: u64,
+    start: usize,
     bytes: Vec<u8>,
 }
 
 impl Frames {
-    /// Returns the bytes of the frames after `seq`, which is at least
-    /// `first - 1`.
+    fn new(first: u64, last: u64, bytes: Vec<u8>) -> Self {
+        Frames { first, last, start: 0, bytes }
+    }
+
+    /// Returns the bytes of frames `first` to `last`.
+    fn held(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+
+    /// Returns the bytes of the frames after `seq`.
     fn after(&self, seq: u64) -> &[u8] {
+        let held = self.held();
         if seq < self.first {
-            return &self.bytes;
+            return held;
         }
-        let skip = (seq - self.first + 1) as usize;
-        let end = self
-            .bytes
-            .iter()
-            .enumerate()
-            .filter(|(_, &byte)| byte == b'\n')
-            .nth(skip - 1)
-            .map_or(self.bytes.len(), |(at, _)| at + 1);
-        &self.bytes[end..]
+        let skip = (seq - self.first) as usize;
+        let end = memchr::memchr_iter(b'\n', held).nth(skip).map_or(held.len(), |at| at + 1);
+        &held[end..]
     }
 }
 
@@ -134,7 +139,7 @@ impl Shared {
         }
         drop(spool);
         shared.unacked_bytes.set(shared.unacked_bytes.get() + bytes.len());
-        shared.unacked.borrow_mut().push_back(Frames { first, last, bytes });
+        shared.unacked.borrow_mut().push_back(Frames::new(first, last, bytes));
         shared.new_frames.notify_one();
     }
 
@@ -172,11 +177,7 @@ impl Shared {
                 for frame in frames {
                     let seq = frame_seq(&frame);
                     self.unacked_bytes.set(self.unacked_bytes.get() + frame.len());
-                    unacked.push_back(Frames {
-                        first: seq,
-                        last: seq,
-                        bytes: frame,
-                    });
+                    unacked.push_back(Frames::new(seq, seq, frame));
                 }
                 if !unacked.is_empty() {
                     self.new_frames.notify_one();
@@ -196,13 +197,13 @@ impl Shared {
             }
             if front.last > acked {
                 // Part of a buffer of frames: keep the frames after `acked`.
-                let cut = front.bytes.len() - front.after(acked).len();
-                front.bytes.drain(..cut);
+                let cut = front.held().len() - front.after(acked).len();
+                front.start += cut;
                 front.first = acked + 1;
                 self.unacked_bytes.set(self.unacked_bytes.get() - cut);
                 return true;
             }
-            self.unacked_bytes.set(self.unacked_bytes.get() - front.bytes.len());
+            self.unacked_bytes.set(self.unacked_bytes.get() - front.held().len());
             unacked.pop_front();
         }
         false
@@ -228,7 +229,7 @@ impl Shared {
     pub fn all_unacked(&self) -> Vec<u8> {
         let mut contents = Vec::new();
         for frames in self.unacked.borrow().iter() {
-            contents.extend_from_slice(&frames.bytes);
+            contents.extend_from_slice(frames.held());
         }
         if let Some(spool) = self.spool.borrow_mut().as_mut() {
             match spool.peek_all() {
