@@ -172,7 +172,8 @@ impl LineBuffer {
     }
 }
 
-/// What [`LineBuffer::next_found`] found, by position in the buffer.
+/// The line or overflow found by [`LineBuffer::next_found`], by position
+/// in the buffer.
 enum Found {
     Line { start: usize, end: usize },
     Overflow { len: usize },

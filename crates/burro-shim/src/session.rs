@@ -447,7 +447,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn acknowledgement_inside_a_buffer_keeps_the_frames_after_it() {
+    async fn partial_ack_keeps_later_frames() {
         let shared = Shared::new(None);
         shared.queue(1, 3, frames(1, 3));
         shared.queue(4, 4, frames(4, 4));

@@ -28,9 +28,9 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// frames fit in memory.
 const MAX_UNACKED_BYTES: u64 = 1024 * 1024 * 1024;
 /// Capacity of the channel between the job-side tasks and this loop. An
-/// item holds the message lines of one read of at most 16 KiB, plus the
-/// start of a line that read completed, so a full channel of short lines
-/// holds at most about 512 KiB.
+/// item carries the message lines of one read of at most 16 KiB, plus the
+/// start of a line that read completed. With lines shorter than a read,
+/// a full channel comes to about 512 KiB at most.
 const ITEM_QUEUE: usize = 32;
 /// How often exited descendants are reaped after the job ended, and how
 /// often liveness is polled when no pidfd is available.
