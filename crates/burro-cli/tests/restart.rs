@@ -234,6 +234,36 @@ async fn exit_record_finishes_job_after_restart() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_line_counts_after_restart() {
+    // The job sends a line over the limit, which the first server
+    // acknowledges, then exits 0 without a terminal message under the
+    // second server. The shim's exit report carries the oversize line.
+    let site = Site::new(&format!(
+        "max_message_bytes = 4096\n[external_jobs.big]\ncommand = \"python3\"\nargs = [\"{}\"]",
+        worker("oversize.py")
+    ));
+    let first = site.serve();
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/jobs", first.url))
+        .json(&json!({"name": "big", "data": {"bytes": 10000, "complete": false, "sleep": 2}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    wait_until("the oversize line is logged", async || {
+        log_messages(&first, &id).await.iter().any(|message| message.contains("size limit"))
+    })
+    .await;
+    first.kill9();
+
+    let second = site.serve();
+    let finished = wait_finished(&second, std::slice::from_ref(&id)).await;
+    assert_eq!(finished[&id]["status"], "failed");
+    assert_eq!(finished[&id]["error"], "message over the size limit (10000 bytes)");
+}
+
 fn parent_pid(pid: i32) -> i32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let after = stat.rsplit_once(')').unwrap().1;

@@ -154,6 +154,11 @@ pub struct ExitReport {
     pub spawn_error: Option<String>,
     /// Attempt run time in milliseconds, measured by the shim.
     pub elapsed_ms: u64,
+    /// Length of the first message line over the size limit, if the job
+    /// sent one. The server acknowledges a `DROP` frame like any other, so
+    /// a server started after it learns of that line from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oversize: Option<usize>,
 }
 
 /// A frame from the shim to the server.

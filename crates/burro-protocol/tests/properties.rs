@@ -546,14 +546,16 @@ fn exit_report() -> impl Strategy<Value = ExitReport> {
         prop::option::of(text()),
         prop::option::of(text()),
         any::<u64>(),
+        prop::option::of(any::<usize>()),
     )
         .prop_map(
-            |(code, signal, reason, spawn_error, elapsed_ms)| ExitReport {
+            |(code, signal, reason, spawn_error, elapsed_ms, oversize)| ExitReport {
                 code,
                 signal,
                 reason,
                 spawn_error,
                 elapsed_ms,
+                oversize,
             },
         )
 }

@@ -67,8 +67,8 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
         Ok(bound) => bound,
         Err(reason) => return fail_before_start(&spec, &job_id, String::new(), reason, started_at).await,
     };
-    // Sequence number of the last frame queued.
-    let mut seq = 0u64;
+    // Sequence numbers of the frames queued, and the first oversize line.
+    let mut queued = Queued::default();
 
     let message_pipe = if spec.message_fd {
         match process::message_pipe() {
@@ -163,7 +163,7 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
         tokio::select! {
             item = items_rx.recv(), if accepting_items => {
                 if let Some(item) = item {
-                    queue_item(&handle, &mut seq, item);
+                    queue_item(&handle, &mut queued, item);
                     // Items that are already queued are taken in the same
                     // turn, so a busy job costs one pass of this loop, with
                     // its timers, per batch instead of per line.
@@ -172,7 +172,7 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
                             break;
                         }
                         let Ok(item) = items_rx.try_recv() else { break };
-                        queue_item(&handle, &mut seq, item);
+                        queue_item(&handle, &mut queued, item);
                     }
                 }
             }
@@ -246,7 +246,7 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
             if registry.active_sources.get() == 0 {
                 let _ = stop_tx.send(true);
                 while let Ok(item) = items_rx.try_recv() {
-                    queue_item(&handle, &mut seq, item);
+                    queue_item(&handle, &mut queued, item);
                 }
                 process::reap(&mut child);
                 let mut report = ExitReport {
@@ -255,7 +255,9 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
                     ..Default::default()
                 };
                 process::describe_end(ended, &mut report);
-                seq += 1;
+                report.oversize = queued.first_oversize;
+                queued.seq += 1;
+                let seq = queued.seq;
                 handle.send(seq, ShimFrame::Exit { seq, report }.encode());
                 // Descendants got SIGTERM when the leader exited; the rest
                 // get SIGKILL after the grace period.
@@ -391,10 +393,20 @@ fn leave_exit_record(spec: &ShimSpec, job_id: &str, shared: &session::Shared) {
     }
 }
 
-/// Encodes `item` as frames numbered after `seq` and queues them; `seq`
-/// becomes the number of the last one. Message lines become one `MSG` frame
-/// each, encoded into one buffer and queued together.
-fn queue_item(handle: &session::SessionHandle, seq: &mut u64, item: Item) {
+/// Frames queued by the supervisor loop so far.
+#[derive(Default)]
+struct Queued {
+    /// Sequence number of the last frame queued.
+    seq: u64,
+    /// Length of the first message line over the size limit.
+    first_oversize: Option<usize>,
+}
+
+/// Encodes `item` as frames numbered after `queued.seq` and queues them;
+/// `queued.seq` becomes the number of the last one. Message lines become
+/// one `MSG` frame each, encoded into one buffer and queued together.
+fn queue_item(handle: &session::SessionHandle, queued: &mut Queued, item: Item) {
+    let seq = &mut queued.seq;
     let frame = match item {
         Item::Messages { conn, lines } => {
             let first = *seq + 1;
@@ -417,10 +429,13 @@ fn queue_item(handle: &session::SessionHandle, seq: &mut u64, item: Item) {
         }
         Item::Stdout(line) => ShimFrame::Stdout { seq: *seq + 1, line },
         Item::Stderr(line) => ShimFrame::Stderr { seq: *seq + 1, line },
-        Item::Oversize { conn, len } => ShimFrame::Oversize { seq: *seq + 1, conn, len },
+        Item::Oversize { conn, len } => {
+            queued.first_oversize.get_or_insert(len);
+            ShimFrame::Oversize { seq: queued.seq + 1, conn, len }
+        }
     };
-    *seq += 1;
-    handle.send(*seq, frame.encode());
+    queued.seq += 1;
+    handle.send(queued.seq, frame.encode());
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -532,6 +532,25 @@ async fn long_socket_message_closes_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_after_oversize_keep_flowing() {
+    // About 1.5 MB of log messages after the oversize line: more than the
+    // 512 KiB a shim keeps unacknowledged while the server is connected.
+    let server = oversize_server().await;
+    let after = 20_000;
+    let id = server.core().jobs.enqueue("big", json!({"bytes": 10_000, "after": after}), once()).await.unwrap();
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+    assert_eq!(job.result, Some(json!({"afterOversize": true})));
+
+    let entries = server.core().jobs.logs().read(&id, None);
+    let numbers: Vec<&str> = entries.iter().filter_map(|entry| entry.message.strip_prefix("after ")).collect();
+    assert_eq!(numbers.len(), after, "log messages after the oversize line");
+    assert_eq!(numbers.first(), Some(&"1"));
+    assert_eq!(numbers.last(), Some(&"20000"));
+    assert!(entries.iter().any(|entry| entry.level == "error" && entry.message.contains("size limit")), "no oversize entry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_is_decoded_lossily() {
     let server = start(vec![("bad", external("bash", "bad_utf8.sh"))]).await;
     let id = server.core().jobs.enqueue("bad", json!({}), once()).await.unwrap();

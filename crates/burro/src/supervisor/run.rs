@@ -410,8 +410,8 @@ impl Run {
     }
 
     /// Returns the highest sequence number that may be acknowledged. Frames
-    /// that decide the job's end (the terminal message, an oversize line,
-    /// the exit) only change memory until that end is stored, so they and
+    /// that decide the job's end (the terminal message and the exit) only
+    /// change memory until that end is stored, so they and
     /// everything after them stay unacknowledged. `BYE` confirms them
     /// instead, and a server killed in between has them replayed to its
     /// successor.
@@ -473,9 +473,11 @@ impl Run {
             ShimFrame::Stderr { line, .. } => self.on_output(seq, "stderr", "error", &line, clock, batch),
             ShimFrame::Oversize { conn, len, .. } => {
                 tracing::error!(job_id = %self.job_id, job_name = %self.name, conn, bytes = len, "closed a job connection: message line over max_message_bytes");
+                // Not decisive: the shim's exit report repeats the first
+                // oversize line, so this frame is acknowledged like a log
+                // line, and the job's later messages are read on.
                 let mut state = self.lock();
-                Self::mark_decisive(&mut state, seq);
-                state.summary.oversize = Some(len);
+                state.summary.oversize.get_or_insert(len);
                 let what = if conn == 0 { "the rest of that line on the message pipe was skipped" } else { "its connection was closed" };
                 let entry = self.entry("log", "error", format!("message over the size limit ({len} bytes); {what}"));
                 state.log.append(&entry);
@@ -484,6 +486,9 @@ impl Run {
                 tracing::debug!(job_id = %self.job_id, exit_code = ?report.code, signal = ?report.signal, elapsed_ms = report.elapsed_ms, "job process exited");
                 let mut state = self.lock();
                 Self::mark_decisive(&mut state, seq);
+                if let Some(len) = report.oversize {
+                    state.summary.oversize.get_or_insert(len);
+                }
                 state.summary.report = Some(report);
                 state.log.flush();
                 let summary = state.summary.clone();

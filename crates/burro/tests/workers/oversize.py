@@ -5,9 +5,11 @@ It uses plain sockets, not the wrapper library, and sends no started or
 heartbeat. The line is a valid progress message padded to exactly
 data.bytes bytes, not counting its newline (a shorter minimum when
 data.bytes is below the size of the bare message). It goes on its own
-connection. Then, on a fresh connection, the worker sends completed with
-{"afterOversize": true}, unless data.complete is false, in which case it
-exits 0 without a terminal message. Each connection is half-closed and the
+connection. Then, on a fresh connection, it sends data.after log
+messages (default 0), numbered "after 1", "after 2" and so on, and then
+completed with {"afterOversize": true}, unless data.complete is false, in
+which case it exits 0 without a terminal message. With data.sleep, it
+waits that many seconds after the long line. Each connection is half-closed and the
 worker waits up to 3 s for the server to close it.
 """
 
@@ -55,7 +57,12 @@ def main():
     bare = len(json.dumps(message, separators=(",", ":")).encode())
     message["message"] = "x" * max(size - bare, 0)
     send_and_close(address, json.dumps(message, separators=(",", ":")).encode() + b"\n")
+    time.sleep(float(data.get("sleep", 0)))
 
+    lines = []
+    for number in range(1, int(data.get("after", 0)) + 1):
+        log = {"type": "log", "jobId": payload["jobId"], "level": "info", "message": f"after {number}"}
+        lines.append(json.dumps(log).encode() + b"\n")
     if data.get("complete", True):
         completed = {
             "type": "completed",
@@ -63,7 +70,9 @@ def main():
             "timestamp": int(time.time() * 1000),
             "result": {"afterOversize": True},
         }
-        send_and_close(address, json.dumps(completed).encode() + b"\n")
+        lines.append(json.dumps(completed).encode() + b"\n")
+    if lines:
+        send_and_close(address, b"".join(lines))
 
 
 if __name__ == "__main__":
