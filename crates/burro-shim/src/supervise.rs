@@ -406,29 +406,30 @@ struct Queued {
 /// `queued.seq` becomes the number of the last one. Message lines become
 /// one `MSG` frame each, encoded into one buffer and queued together.
 fn queue_item(handle: &session::SessionHandle, queued: &mut Queued, item: Item) {
-    let seq = &mut queued.seq;
     let frame = match item {
         Item::Messages { conn, lines } => {
-            let first = *seq + 1;
+            let first = queued.seq + 1;
             let mut conn_text = itoa::Buffer::new();
             let conn_text = conn_text.format(conn).as_bytes();
             let mut number = itoa::Buffer::new();
-            // Each frame adds its keyword, two numbers and two spaces.
+            // A frame adds about 14 bytes to its line (the keyword, two
+            // numbers, three spaces). A quarter more than the lines covers
+            // lines of 60 bytes or more; the buffer grows for shorter ones.
             let mut frames = Vec::with_capacity(lines.len() + lines.len() / 4 + 64);
             for line in lines.split_inclusive(|&byte| byte == b'\n') {
-                *seq += 1;
+                queued.seq += 1;
                 frames.extend_from_slice(b"MSG ");
-                frames.extend_from_slice(number.format(*seq).as_bytes());
+                frames.extend_from_slice(number.format(queued.seq).as_bytes());
                 frames.push(b' ');
                 frames.extend_from_slice(conn_text);
                 frames.push(b' ');
                 frames.extend_from_slice(line);
             }
-            handle.send_frames(first, *seq, frames);
+            handle.send_frames(first, queued.seq, frames);
             return;
         }
-        Item::Stdout(line) => ShimFrame::Stdout { seq: *seq + 1, line },
-        Item::Stderr(line) => ShimFrame::Stderr { seq: *seq + 1, line },
+        Item::Stdout(line) => ShimFrame::Stdout { seq: queued.seq + 1, line },
+        Item::Stderr(line) => ShimFrame::Stderr { seq: queued.seq + 1, line },
         Item::Oversize { conn, len } => {
             queued.first_oversize.get_or_insert(len);
             ShimFrame::Oversize { seq: queued.seq + 1, conn, len }
