@@ -420,6 +420,7 @@ pub async fn s4_message_ingest(
         let stall = tokio::time::sleep(WAIT);
         let grace = tokio::time::sleep(WAIT);
         tokio::pin!(stall, grace);
+        let mut grace_started = false;
         loop {
             let before = received;
             while let Some(event) = progress.try_recv() {
@@ -431,12 +432,13 @@ pub async fn s4_message_ingest(
                 let Some(event) = ends.try_next() else { break };
                 if is_end(&event)? {
                     ended += 1;
-                    if ended == S4_JOBS {
-                        // Once every job has ended, a progress event still
-                        // missing after this grace is counted as lost.
-                        grace.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(5));
-                    }
                 }
+            }
+            if ended == S4_JOBS && !grace_started {
+                // Once every job has ended, a progress event still missing
+                // after this grace is counted as lost.
+                grace.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(5));
+                grace_started = true;
             }
             if ended == S4_JOBS && received >= expected {
                 break;
@@ -454,12 +456,9 @@ pub async fn s4_message_ingest(
                 event = ends.recv(), if ended < S4_JOBS => {
                     if is_end(&*event?)? {
                         ended += 1;
-                        if ended == S4_JOBS {
-                            grace.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(5));
-                        }
                     }
                 }
-                () = &mut grace, if ended == S4_JOBS => break,
+                () = &mut grace, if grace_started => break,
                 () = &mut stall => bail!("timed out after {WAIT:?} waiting for progress events"),
             }
         }

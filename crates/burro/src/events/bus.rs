@@ -274,18 +274,18 @@ impl Events {
         if batch.events.is_empty() {
             return;
         }
-        self.deliver_all(batch.events.drain(..).collect()).await;
+        self.deliver_all(batch.events.drain(..)).await;
     }
 
     async fn deliver(&self, event: Event) {
-        self.deliver_all(vec![event]).await;
+        self.deliver_all(std::iter::once(event)).await;
     }
 
     /// Records `events` in the history and sends each run of events with
-    /// the same name to the queues that name matches, a `once`
-    /// subscription getting only the first event of the run.
-    async fn deliver_all(&self, events: Vec<Event>) {
-        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+    /// the same name to the queues that name matches. A `once`
+    /// subscription gets only the first event of the run.
+    async fn deliver_all(&self, events: impl Iterator<Item = Event>) {
+        let events: Vec<Arc<Event>> = events.map(Arc::new).collect();
         self.inner.record(&events);
 
         let mut start = 0;

@@ -115,12 +115,12 @@ async fn apply_exit_record(inner: &Inner, run: &Arc<Run>, job: &Job) -> bool {
         if !run.already_processed(frame.seq()) {
             run.process(inner, frame, &clock, &mut batch).await;
             if batch.len() >= super::control::EVENT_BATCH {
-                run.emit_events(&inner, &mut batch).await;
+                run.emit_events(inner, &mut batch).await;
             }
             clock.tick();
         }
     }
-    run.emit_events(&inner, &mut batch).await;
+    run.emit_events(inner, &mut batch).await;
     true
 }
 
