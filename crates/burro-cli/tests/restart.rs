@@ -238,7 +238,7 @@ async fn exit_record_finishes_job_after_restart() {
 async fn oversize_line_counts_after_restart() {
     // The job sends a line over the limit, which the first server
     // acknowledges, then exits 0 without a terminal message under the
-    // second server. The shim's exit report carries the oversize line.
+    // second server. The shim's exit report carries the oversize length.
     let site = Site::new(&format!(
         "max_message_bytes = 4096\n[external_jobs.big]\ncommand = \"python3\"\nargs = [\"{}\"]",
         worker("oversize.py")

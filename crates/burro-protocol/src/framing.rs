@@ -78,8 +78,8 @@ impl LineBuffer {
     }
 
     /// Returns the next complete line, borrowed from the buffer, or the next
-    /// overflow, or `None` when more bytes are needed. Same lines as
-    /// [`next_event`](Self::next_event), without copying each one.
+    /// overflow, or `None` when more bytes are needed. The lines are those of
+    /// [`next_event`](Self::next_event), without a copy of each one.
     pub fn next_slice(&mut self) -> Option<LineSlice<'_>> {
         // The line returned last time is no longer borrowed.
         self.compact();

@@ -36,9 +36,9 @@ pub enum Command {
 /// Unacknowledged frames kept in memory; newer ones go to the spool file.
 pub const MEMORY_LIMIT: usize = 512 * 1024;
 
-/// Consecutive encoded frames, numbered `first` to `last`, each a line
-/// ending in `\n`: `bytes` from `start` on. The bytes before `start` held
-/// frames already acknowledged; they are skipped rather than moved.
+/// Consecutive encoded frames numbered `first` to `last`, each a line
+/// ending in `\n`, stored in `bytes` from `start` on. The bytes before
+/// `start` contain acknowledged frames, which are skipped instead of moved.
 pub struct Frames {
     first: u64,
     last: u64,
@@ -196,7 +196,7 @@ impl Shared {
                 return true;
             }
             if front.last > acked {
-                // Part of a buffer of frames: keep the frames after `acked`.
+                // `acked` falls inside this buffer, so only the frames after it stay.
                 let cut = front.held().len() - front.after(acked).len();
                 front.start += cut;
                 front.first = acked + 1;
@@ -209,7 +209,7 @@ impl Shared {
         false
     }
 
-    /// Copies the frames after `written` into one buffer; returns the buffer
+    /// Copies the frames after `written` into one buffer. Returns the buffer
     /// and the last sequence number in it.
     fn pending_after(&self, written: u64) -> (Vec<u8>, u64) {
         let unacked = self.unacked.borrow();

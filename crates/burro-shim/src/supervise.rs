@@ -67,7 +67,7 @@ async fn supervise(spec: ShimSpec) -> Result<(), String> {
         Ok(bound) => bound,
         Err(reason) => return fail_before_start(&spec, &job_id, String::new(), reason, started_at).await,
     };
-    // Sequence numbers of the frames queued, and the first oversize line.
+    // Last sequence number queued, and the length of the first oversize line.
     let mut queued = Queued::default();
 
     let message_pipe = if spec.message_fd {
@@ -393,7 +393,7 @@ fn leave_exit_record(spec: &ShimSpec, job_id: &str, shared: &session::Shared) {
     }
 }
 
-/// Frames queued by the supervisor loop so far.
+/// Numbering state of the frames the supervisor loop has queued.
 #[derive(Default)]
 struct Queued {
     /// Sequence number of the last frame queued.
@@ -402,8 +402,8 @@ struct Queued {
     first_oversize: Option<usize>,
 }
 
-/// Encodes `item` as frames numbered after `queued.seq` and queues them;
-/// `queued.seq` becomes the number of the last one. Message lines become
+/// Encodes `item` as frames numbered after `queued.seq` and queues them,
+/// leaving `queued.seq` at the number of the last one. Message lines become
 /// one `MSG` frame each, encoded into one buffer and queued together.
 fn queue_item(handle: &session::SessionHandle, queued: &mut Queued, item: Item) {
     let frame = match item {
@@ -414,7 +414,7 @@ fn queue_item(handle: &session::SessionHandle, queued: &mut Queued, item: Item) 
             let mut number = itoa::Buffer::new();
             // A frame adds about 14 bytes to its line (the keyword, two
             // numbers, three spaces). A quarter more than the lines covers
-            // lines of 60 bytes or more; the buffer grows for shorter ones.
+            // lines of 60 bytes or more, and the buffer grows for shorter ones.
             let mut frames = Vec::with_capacity(lines.len() + lines.len() / 4 + 64);
             for line in lines.split_inclusive(|&byte| byte == b'\n') {
                 queued.seq += 1;

@@ -411,10 +411,9 @@ impl Run {
 
     /// Returns the highest sequence number that may be acknowledged. Frames
     /// that decide the job's end (the terminal message and the exit) only
-    /// change memory until that end is stored, so they and
-    /// everything after them stay unacknowledged. `BYE` confirms them
-    /// instead, and a server killed in between has them replayed to its
-    /// successor.
+    /// change memory until that end is stored, so they and everything after
+    /// them stay unacknowledged. `BYE` confirms them instead, and a server
+    /// killed in between has them replayed to its successor.
     // NOTE: which connections announced protocol 2 is not replayed in this
     // way, so after a restart a cancel reaches such a job as SIGTERM.
     pub fn ackable_seq(&self) -> u64 {
@@ -443,10 +442,9 @@ impl Run {
         }
     }
 
-    /// Applies one frame forwarded by the shim. `clock` is the time the
-    /// frame counts as received at.
-    /// Processes one frame of the shim. Returns true when it was a
-    /// heartbeat and nothing else, which needs no prompt acknowledgement.
+    /// Applies one frame forwarded by the shim, received at `clock`. Returns
+    /// true when it was a heartbeat and nothing else, which needs no prompt
+    /// acknowledgement.
     ///
     /// Job events go to `batch`, which the caller emits. An `Exit` frame
     /// emits the batch before it ends the attempt, so every event of the
@@ -473,9 +471,9 @@ impl Run {
             ShimFrame::Stderr { line, .. } => self.on_output(seq, "stderr", "error", &line, clock, batch),
             ShimFrame::Oversize { conn, len, .. } => {
                 tracing::error!(job_id = %self.job_id, job_name = %self.name, conn, bytes = len, "closed a job connection: message line over max_message_bytes");
-                // Not decisive: the shim's exit report repeats the first
-                // oversize line, so this frame is acknowledged like a log
-                // line, and the job's later messages are read on.
+                // Not decisive for the job's end, because the shim's exit
+                // report repeats the first oversize length. So this frame is
+                // acknowledged at once and the job's later messages keep flowing.
                 let mut state = self.lock();
                 state.summary.oversize.get_or_insert(len);
                 let what = if conn == 0 { "the rest of that line on the message pipe was skipped" } else { "its connection was closed" };
