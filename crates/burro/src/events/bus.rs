@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
-use tokio::sync::mpsc;
 
 use super::pattern::Pattern;
+use super::queue::{queue, QueueReceiver, QueueSender};
 use super::subscription::Subscription;
 
 /// Default number of events kept by [`Events::history`].
@@ -118,7 +118,7 @@ pub(super) struct Bus {
 
 struct Subscriber {
     pattern: Pattern,
-    sender: mpsc::Sender<Arc<Event>>,
+    sender: QueueSender,
     /// Removes the subscription at its first match.
     once: bool,
     /// Cleared by `off`, so a handler task skips events already queued.
@@ -294,14 +294,9 @@ impl Events {
             let end = start + events[start..].iter().take_while(|event| event.name == *name).count();
             for (sender, once) in self.inner.matching_senders(name) {
                 let run = if once { &events[start..=start] } else { &events[start..end] };
-                for event in run {
-                    // An error means the subscription was removed after the
-                    // senders were collected, so the rest of the run has
-                    // nowhere to go either.
-                    if sender.send(Arc::clone(event)).await.is_err() {
-                        break;
-                    }
-                }
+                // An error means the subscription was removed after the
+                // senders were collected, so the run has nowhere to go.
+                let _ = sender.send(run).await;
             }
             start = end;
         }
@@ -344,9 +339,9 @@ impl Bus {
         &self,
         pattern: &str,
         once: bool,
-    ) -> (SubscriptionId, mpsc::Receiver<Arc<Event>>, Arc<AtomicBool>) {
+    ) -> (SubscriptionId, QueueReceiver, Arc<AtomicBool>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (sender, receiver) = mpsc::channel(self.config.queue);
+        let (sender, receiver) = queue(self.config.queue);
         let active = Arc::new(AtomicBool::new(true));
         let subscriber = Subscriber {
             pattern: Pattern::new(pattern),
@@ -393,7 +388,7 @@ impl Bus {
     /// Collects the queues that `name` goes to, each with whether it is a
     /// `once` subscription, and removes the `once` subscriptions among them
     /// so that no later event matches them.
-    fn matching_senders(&self, name: &str) -> Vec<(mpsc::Sender<Arc<Event>>, bool)> {
+    fn matching_senders(&self, name: &str) -> Vec<(QueueSender, bool)> {
         let mut subscribers = lock(&self.subscribers);
         let mut senders = Vec::new();
 

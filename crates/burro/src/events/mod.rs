@@ -8,6 +8,7 @@
 
 mod bus;
 mod pattern;
+mod queue;
 mod subscription;
 
 pub use bus::{Event, EventBatch, Events, EventsConfig, SubscriptionId, DEFAULT_HISTORY, DEFAULT_QUEUE};

@@ -5,9 +5,9 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 
 use futures::Stream;
-use tokio::sync::mpsc;
 
 use super::bus::{Bus, Event, SubscriptionId};
+use super::queue::QueueReceiver;
 
 /// A pull subscription made by [`Events::subscribe`](super::Events::subscribe).
 ///
@@ -16,14 +16,14 @@ use super::bus::{Bus, Event, SubscriptionId};
 #[must_use = "dropping a subscription removes it"]
 pub struct Subscription {
     id: SubscriptionId,
-    receiver: mpsc::Receiver<Arc<Event>>,
+    receiver: QueueReceiver,
     bus: Weak<Bus>,
 }
 
 impl Subscription {
     pub(super) fn new(
         id: SubscriptionId,
-        receiver: mpsc::Receiver<Arc<Event>>,
+        receiver: QueueReceiver,
         bus: Weak<Bus>,
     ) -> Self {
         Self { id, receiver, bus }
@@ -51,7 +51,7 @@ impl Subscription {
     /// Takes the next queued event without waiting. Returns `None` when the
     /// queue is empty or the subscription has ended.
     pub fn try_recv(&mut self) -> Option<Arc<Event>> {
-        self.receiver.try_recv().ok()
+        self.receiver.try_recv()
     }
 }
 

@@ -425,3 +425,46 @@ async fn oversized_batch_waits_and_loses_nothing() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn events_held_by_the_reader_count_against_the_queue() {
+    within(async {
+        let events = bus(10, 4);
+        let mut subscription = events.subscribe("*");
+        let mut batch = EventBatch::new();
+        for n in 0..4 {
+            batch.push("tick", json!(n), 0);
+        }
+        events.emit_batch(&mut batch).await;
+
+        // The reader takes the chunk of four and has used one of them: the
+        // other three still fill the queue.
+        assert_eq!(subscription.recv().await.expect("event").data, json!(0));
+        let mut fifth = Box::pin(events.emit("tick", json!(4)));
+        assert!((&mut fifth).now_or_never().is_none(), "the events the reader holds must count against the queue");
+
+        for n in 1..4 {
+            assert_eq!(subscription.try_recv().expect("held event").data, json!(n));
+        }
+        fifth.await;
+        assert_eq!(subscription.recv().await.expect("event").data, json!(4));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn waiting_emit_ends_when_the_subscription_is_dropped() {
+    within(async {
+        let events = bus(10, 1);
+        let subscription = events.subscribe("*");
+        events.emit("first", json!(1)).await;
+        let mut second = Box::pin(events.emit("second", json!(2)));
+        assert!((&mut second).now_or_never().is_none(), "emit into a full queue must wait");
+
+        drop(subscription);
+        second.await;
+        let names: Vec<_> = events.history().iter().map(|event| event.name.clone()).collect();
+        assert_eq!(names, ["first", "second"]);
+    })
+    .await;
+}
