@@ -275,6 +275,64 @@ impl ShimFrame {
     }
 }
 
+/// A shim frame whose payload, if it has one, is borrowed: from the line it
+/// was decoded from, or from a [`ShimFrame`]. The server reads the `MSG`,
+/// `OUT` and `ERR` frames of a job this way, so a message is not copied out
+/// of the read buffer before it is parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShimFrameRef<'a> {
+    /// A job message line received on connection `conn` (0 is the pipe).
+    Message { seq: u64, conn: u64, line: &'a [u8] },
+    /// A line the job wrote to standard output.
+    Stdout { seq: u64, line: &'a [u8] },
+    /// A line the job wrote to standard error.
+    Stderr { seq: u64, line: &'a [u8] },
+    /// Any other frame: `HELLO`, `DROP` or `EXIT`.
+    Other(ShimFrame),
+}
+
+impl<'a> ShimFrameRef<'a> {
+    /// Decodes one frame line (without its newline) like
+    /// [`ShimFrame::decode`], but borrows the payload from `line`.
+    ///
+    /// # Errors
+    ///
+    /// Returns a description of the first malformed part.
+    pub fn decode(line: &'a [u8]) -> Result<Self, String> {
+        match payload_header(line)? {
+            Some(header) => {
+                let (seq, payload) = (header.seq, &line[header.start..]);
+                Ok(match header.keyword {
+                    "MSG" => ShimFrameRef::Message { seq, conn: header.conn, line: payload },
+                    "OUT" => ShimFrameRef::Stdout { seq, line: payload },
+                    _ => ShimFrameRef::Stderr { seq, line: payload },
+                })
+            }
+            None => ShimFrame::decode(line).map(ShimFrameRef::Other),
+        }
+    }
+
+    /// Returns the sequence number, or 0 for `HELLO`.
+    pub fn seq(&self) -> u64 {
+        match self {
+            ShimFrameRef::Message { seq, .. } | ShimFrameRef::Stdout { seq, .. } | ShimFrameRef::Stderr { seq, .. } => *seq,
+            ShimFrameRef::Other(frame) => frame.seq(),
+        }
+    }
+}
+
+impl<'a> From<&'a ShimFrame> for ShimFrameRef<'a> {
+    /// Borrows the payload of `frame`; a frame without one is cloned.
+    fn from(frame: &'a ShimFrame) -> Self {
+        match frame {
+            ShimFrame::Message { seq, conn, line } => ShimFrameRef::Message { seq: *seq, conn: *conn, line },
+            ShimFrame::Stdout { seq, line } => ShimFrameRef::Stdout { seq: *seq, line },
+            ShimFrame::Stderr { seq, line } => ShimFrameRef::Stderr { seq: *seq, line },
+            other => ShimFrameRef::Other(other.clone()),
+        }
+    }
+}
+
 /// A frame from the server to the shim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerFrame {
@@ -438,6 +496,9 @@ mod tests {
             let decoded = ShimFrame::decode(&encoded[..encoded.len() - 1]).unwrap();
             let owned = ShimFrame::decode_owned(encoded[..encoded.len() - 1].to_vec()).unwrap();
             assert_eq!(owned, decoded);
+            let borrowed = ShimFrameRef::decode(&encoded[..encoded.len() - 1]).unwrap();
+            assert_eq!(borrowed, ShimFrameRef::from(&frame));
+            assert_eq!(borrowed.seq(), frame.seq());
             assert_eq!(decoded, frame);
         }
     }
@@ -468,6 +529,9 @@ mod tests {
         assert_eq!(ShimFrame::decode_owned(b"OUT 3 ".to_vec()).unwrap(), ShimFrame::Stdout { seq: 3, line: Vec::new() });
         assert_eq!(ShimFrame::decode_owned(b"ERR 4".to_vec()).unwrap(), ShimFrame::Stderr { seq: 4, line: Vec::new() });
         assert!(ShimFrame::decode(b"NOPE 1").unwrap_err().contains("unknown shim frame"));
+        assert!(ShimFrameRef::decode(b"MSG 1 y {}").unwrap_err().contains("connection id \"y\""));
+        assert!(ShimFrameRef::decode(b"NOPE 1").unwrap_err().contains("unknown shim frame"));
+        assert_eq!(ShimFrameRef::decode(b"ERR 4").unwrap(), ShimFrameRef::Stderr { seq: 4, line: b"" });
         assert!(ServerFrame::decode(b"ACK").is_err());
         assert!(ShimFrame::decode(b"EXIT 1 {").unwrap_err().contains("invalid EXIT frame"));
     }

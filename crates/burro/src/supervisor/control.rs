@@ -4,8 +4,8 @@
 use super::{constant_time_eq, Inner};
 use crate::clock::BatchClock;
 use crate::events::EventBatch;
-use burro_protocol::control::{ServerFrame, ShimFrame, CONTROL_VERSION};
-use burro_protocol::{LineBuffer, LineEvent};
+use burro_protocol::control::{ServerFrame, ShimFrame, ShimFrameRef, CONTROL_VERSION};
+use burro_protocol::{LineBuffer, LineEvent, LineSlice};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -145,12 +145,12 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
         let mut processed_any = false;
         let mut urgent = false;
         let mut clock = BatchClock::now();
-        while let Some(event) = lines.next_event() {
+        while let Some(event) = lines.next_slice() {
             match event {
-                LineEvent::Line(line) => {
+                LineSlice::Line(line) => {
                     // The frame's bytes and its newline.
                     let size = line.len() + 1;
-                    match ShimFrame::decode_owned(line) {
+                    match ShimFrameRef::decode(line) {
                         Ok(frame) => {
                             if run.already_processed(frame.seq()) {
                                 continue;
@@ -185,7 +185,7 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
                         Err(err) => tracing::warn!(job_id = %run.job_id, error = %err, "ignored an invalid control frame"),
                     }
                 }
-                LineEvent::Overflow { len } => {
+                LineSlice::Overflow { len } => {
                     tracing::warn!(job_id = %run.job_id, bytes = len, "ignored a control frame over the size limit");
                 }
             }

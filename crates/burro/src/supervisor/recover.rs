@@ -113,7 +113,7 @@ async fn apply_exit_record(inner: &Inner, run: &Arc<Run>, job: &Job) -> bool {
     let mut batch = crate::events::EventBatch::new();
     for frame in frames {
         if !run.already_processed(frame.seq()) {
-            run.process(inner, frame, &clock, &mut batch).await;
+            run.process(inner, (&frame).into(), &clock, &mut batch).await;
             if batch.len() >= super::control::EVENT_BATCH {
                 run.emit_events(inner, &mut batch).await;
             }

@@ -6,7 +6,7 @@ use crate::clock::{now_ms, BatchClock};
 use crate::events::EventBatch;
 use crate::jobs::{ExitSummary, ExternalJob, KillReason, LogEntry, LogWriter, Terminal};
 use crate::store::{Job, ProcessState};
-use burro_protocol::control::{Hello, ServerFrame, ShimFrame, Welcome, CONTROL_VERSION};
+use burro_protocol::control::{Hello, ServerFrame, ShimFrame, ShimFrameRef, Welcome, CONTROL_VERSION};
 use burro_protocol::{parse_line, JobMessage};
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -449,26 +449,43 @@ impl Run {
     /// Job events go to `batch`, which the caller emits. An `Exit` frame
     /// emits the batch before it ends the attempt, so every event of the
     /// attempt precedes the events of its end.
-    pub async fn process(self: &Arc<Self>, inner: &Inner, frame: ShimFrame, clock: &BatchClock, batch: &mut EventBatch) -> bool {
+    pub async fn process(self: &Arc<Self>, inner: &Inner, frame: ShimFrameRef<'_>, clock: &BatchClock, batch: &mut EventBatch) -> bool {
         let seq = frame.seq();
         let due = self.lock().output_rate.roll(clock.instant);
         let reported_drops = due.is_some();
         if let Some(dropped) = due {
             self.report_dropped(seq, dropped, clock, batch);
         }
-        if matches!(frame, ShimFrame::Exit { .. }) {
-            let left = self.lock().output_rate.take_dropped();
-            if let Some(dropped) = left {
-                self.report_dropped(seq, dropped, clock, batch);
+        let heartbeat = match frame {
+            ShimFrameRef::Message { conn, line, .. } => self.on_message(inner, seq, conn, line, clock, batch),
+            ShimFrameRef::Stdout { line, .. } => {
+                self.on_output(seq, "stdout", "info", line, clock, batch);
+                false
             }
-            self.emit_events(inner, batch).await;
-        }
-        let mut heartbeat = false;
+            ShimFrameRef::Stderr { line, .. } => {
+                self.on_output(seq, "stderr", "error", line, clock, batch);
+                false
+            }
+            ShimFrameRef::Other(frame) => self.on_other_frame(inner, frame, clock, batch).await,
+        };
+        self.lock().processed_seq = seq;
+        heartbeat && !reported_drops
+    }
+
+    /// Applies a frame of [`ShimFrameRef::Other`], or one of the payload
+    /// frames when it comes owned. Returns true for a heartbeat message.
+    async fn on_other_frame(self: &Arc<Self>, inner: &Inner, frame: ShimFrame, clock: &BatchClock, batch: &mut EventBatch) -> bool {
         match frame {
-            ShimFrame::Hello(_) => {}
-            ShimFrame::Message { conn, line, .. } => heartbeat = self.on_message(inner, seq, conn, &line, clock, batch),
-            ShimFrame::Stdout { line, .. } => self.on_output(seq, "stdout", "info", &line, clock, batch),
-            ShimFrame::Stderr { line, .. } => self.on_output(seq, "stderr", "error", &line, clock, batch),
+            ShimFrame::Hello(_) => false,
+            ShimFrame::Message { seq, conn, line } => self.on_message(inner, seq, conn, &line, clock, batch),
+            ShimFrame::Stdout { seq, line } => {
+                self.on_output(seq, "stdout", "info", &line, clock, batch);
+                false
+            }
+            ShimFrame::Stderr { seq, line } => {
+                self.on_output(seq, "stderr", "error", &line, clock, batch);
+                false
+            }
             ShimFrame::Oversize { conn, len, .. } => {
                 tracing::error!(job_id = %self.job_id, job_name = %self.name, conn, bytes = len, "closed a job connection: message line over max_message_bytes");
                 // Not decisive for the job's end, because the shim's exit
@@ -479,8 +496,14 @@ impl Run {
                 let what = if conn == 0 { "the rest of that line on the message pipe was skipped" } else { "its connection was closed" };
                 let entry = self.entry("log", "error", format!("message over the size limit ({len} bytes); {what}"));
                 state.log.append(&entry);
+                false
             }
-            ShimFrame::Exit { report, .. } => {
+            ShimFrame::Exit { seq, report } => {
+                let left = self.lock().output_rate.take_dropped();
+                if let Some(dropped) = left {
+                    self.report_dropped(seq, dropped, clock, batch);
+                }
+                self.emit_events(inner, batch).await;
                 tracing::debug!(job_id = %self.job_id, exit_code = ?report.code, signal = ?report.signal, elapsed_ms = report.elapsed_ms, "job process exited");
                 let mut state = self.lock();
                 Self::mark_decisive(&mut state, seq);
@@ -493,10 +516,9 @@ impl Run {
                 if let Some(tx) = state.exit_tx.take() {
                     let _ = tx.send(summary);
                 }
+                false
             }
         }
-        self.lock().processed_seq = seq;
-        heartbeat && !reported_drops
     }
 
     /// Emits the job events of `batch`. The time this takes counts as a sign
