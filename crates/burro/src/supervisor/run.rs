@@ -116,6 +116,21 @@ struct State {
     /// The job's pid and its start time in clock ticks after boot, as the
     /// shim reported them.
     job_process: Option<(u32, u64)>,
+    /// Liveness and progress of the messages processed since the last
+    /// [`Run::flush_live`].
+    pending_live: PendingLive,
+}
+
+/// The latest liveness and progress of a job's recent messages. The live
+/// state takes them once per read of the shim's connection, not once per
+/// message, because only the latest values matter there.
+#[derive(Default)]
+struct PendingLive {
+    /// When the latest message arrived, if one did.
+    seen_ms: Option<i64>,
+    percent: Option<f64>,
+    /// The latest progress message that had one.
+    message: Option<String>,
 }
 
 pub(crate) struct Run {
@@ -173,6 +188,7 @@ impl Run {
                 first_decisive_seq: None,
                 exit_record: None,
                 job_process: None,
+                pending_live: PendingLive::default(),
             }),
         }
     }
@@ -499,6 +515,7 @@ impl Run {
                 false
             }
             ShimFrame::Exit { seq, report } => {
+                self.flush_live(inner);
                 let left = self.lock().output_rate.take_dropped();
                 if let Some(dropped) = left {
                     self.report_dropped(seq, dropped, clock, batch);
@@ -518,6 +535,17 @@ impl Run {
                 }
                 false
             }
+        }
+    }
+
+    /// Hands the liveness and progress of the messages processed since the
+    /// last call to the live state, in one update.
+    pub fn flush_live(&self, inner: &Inner) {
+        let pending = std::mem::take(&mut self.lock().pending_live);
+        let Some(seen_ms) = pending.seen_ms else { return };
+        match pending.percent {
+            Some(percent) => inner.live.progress_at(&self.job_id, seen_ms, percent, pending.message.as_deref()),
+            None => inner.live.heartbeat(&self.job_id, seen_ms),
         }
     }
 
@@ -631,12 +659,15 @@ impl Run {
                 tracing::debug!(job_id = %self.job_id, kind = parsed.message.kind(), "ignored a message after the job's terminal message");
                 return false;
             }
-        }
-        // Every message counts as a heartbeat; progress records both in one
-        // update of the live state.
-        match &parsed.message {
-            JobMessage::Progress { percent, message, .. } => inner.live.progress_at(&self.job_id, now, *percent, message.as_deref()),
-            _ => inner.live.heartbeat(&self.job_id, now),
+            // Every message counts as a heartbeat of the live state.
+            let pending = &mut state.pending_live;
+            pending.seen_ms = Some(now);
+            if let JobMessage::Progress { percent, message, .. } = &parsed.message {
+                pending.percent = Some(*percent);
+                if let Some(message) = message {
+                    pending.message = Some(message.clone());
+                }
+            }
         }
         if let Some(raw) = parsed.clamped_percent {
             tracing::warn!(job_id = %self.job_id, percent = raw, "progress percent outside 0-100 was clamped");
