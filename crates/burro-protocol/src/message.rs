@@ -6,6 +6,7 @@
 //! as [`JobMessage::Unknown`], so the caller can log and ignore it.
 
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::fmt;
 use thiserror::Error;
 
@@ -93,8 +94,9 @@ impl JobMessage {
 
 /// A validated message line.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ParsedMessage {
-    pub job_id: String,
+pub struct ParsedMessage<'a> {
+    /// Borrowed from the line when it holds no escapes.
+    pub job_id: Cow<'a, str>,
     /// The job's own timestamp in milliseconds since the Unix epoch, if it
     /// sent a number. Liveness never uses it.
     pub timestamp: Option<i64>,
@@ -132,7 +134,7 @@ pub enum MessageError {
 ///
 /// Returns a [`MessageError`] naming the field at fault for invalid JSON, a
 /// non-object, a missing `type` or `jobId`, or a field of the wrong type.
-pub fn parse_line(line: &[u8]) -> Result<ParsedMessage, MessageError> {
+pub fn parse_line(line: &[u8]) -> Result<ParsedMessage<'_>, MessageError> {
     if let Some(parsed) = parse_common(line) {
         return Ok(parsed);
     }
@@ -144,15 +146,15 @@ pub fn parse_line(line: &[u8]) -> Result<ParsedMessage, MessageError> {
 #[derive(serde::Deserialize)]
 struct CommonLine<'a> {
     #[serde(rename = "type", borrow)]
-    kind: std::borrow::Cow<'a, str>,
-    #[serde(rename = "jobId")]
-    job_id: String,
+    kind: Cow<'a, str>,
+    #[serde(rename = "jobId", borrow)]
+    job_id: Cow<'a, str>,
     timestamp: Option<f64>,
     percent: Option<f64>,
     message: Option<String>,
     data: Option<Value>,
     #[serde(borrow)]
-    level: Option<std::borrow::Cow<'a, str>>,
+    level: Option<Cow<'a, str>>,
     protocol: Option<u64>,
 }
 
@@ -161,7 +163,7 @@ struct CommonLine<'a> {
 /// [`parse_value`] then parses, so the result and the error are always
 /// those of [`parse_value`]. A line with a duplicate field or a field of an
 /// unexpected type fails here and goes there too.
-fn parse_common(line: &[u8]) -> Option<ParsedMessage> {
+fn parse_common(line: &[u8]) -> Option<ParsedMessage<'_>> {
     let common: CommonLine<'_> = serde_json::from_slice(line).ok()?;
     let data_is_valid = matches!(common.data, None | Some(Value::Object(_)));
     let mut clamped_percent = None;
@@ -200,7 +202,7 @@ fn parse_common(line: &[u8]) -> Option<ParsedMessage> {
 /// Parses a line into a [`Value`] first. It is slower than
 /// [`parse_common`], but it accepts every line the protocol allows and
 /// names the field at fault in every other.
-fn parse_value(line: &[u8]) -> Result<ParsedMessage, MessageError> {
+fn parse_value(line: &[u8]) -> Result<ParsedMessage<'static>, MessageError> {
     // Lines that are not UTF-8 fail here too, and serde names the column.
     let value: Value = serde_json::from_slice(line).map_err(|err| MessageError::InvalidJson {
         reason: err.to_string(),
@@ -268,7 +270,7 @@ fn parse_value(line: &[u8]) -> Result<ParsedMessage, MessageError> {
     };
 
     Ok(ParsedMessage {
-        job_id,
+        job_id: Cow::Owned(job_id),
         timestamp,
         message,
         clamped_percent,
@@ -371,7 +373,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn ok(line: &str) -> ParsedMessage {
+    fn ok(line: &str) -> ParsedMessage<'_> {
         parse_line(line.as_bytes()).unwrap_or_else(|e| panic!("{line} should parse: {e}"))
     }
 
