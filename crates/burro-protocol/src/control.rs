@@ -322,7 +322,7 @@ impl<'a> ShimFrameRef<'a> {
 }
 
 impl<'a> From<&'a ShimFrame> for ShimFrameRef<'a> {
-    /// Borrows the payload of `frame`; a frame without one is cloned.
+    /// Borrows the payload of `frame`. A frame without one is cloned.
     fn from(frame: &'a ShimFrame) -> Self {
         match frame {
             ShimFrame::Message { seq, conn, line } => ShimFrameRef::Message { seq: *seq, conn: *conn, line },

@@ -95,7 +95,7 @@ impl JobMessage {
 /// A validated message line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedMessage<'a> {
-    /// Borrowed from the line when it holds no escapes.
+    /// Borrowed from the line unless it contains escapes.
     pub job_id: Cow<'a, str>,
     /// The job's own timestamp in milliseconds since the Unix epoch, if it
     /// sent a number. Liveness never uses it.

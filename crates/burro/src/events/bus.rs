@@ -76,8 +76,10 @@ pub struct EventsConfig {
     /// none. Default [`DEFAULT_HISTORY`].
     pub history: usize,
     /// Capacity of each subscription's queue, in events. When a queue is
-    /// full, [`Events::emit`] waits for it to drain. 0 is treated as 1.
-    /// Default [`DEFAULT_QUEUE`].
+    /// full, [`Events::emit`] waits for it to drain. Events the subscriber
+    /// has taken give their room back in groups: at the latest after 64 of
+    /// them, or when the subscriber has taken every event emitted together
+    /// with them. 0 is treated as 1. Default [`DEFAULT_QUEUE`].
     pub queue: usize,
 }
 

@@ -5,7 +5,7 @@
 //! bound counts events, not chunks: a sender takes one permit of a
 //! semaphore per event before it sends, and the reader gives the permits
 //! back as it takes the events out, at the latest every [`RETURN_EVERY`]
-//! events. The events of a chunk that the reader holds still count until
+//! events. The events of a chunk that the reader has received count until
 //! it takes them, so at most `capacity` events wait in the queue and in the
 //! reader together.
 
@@ -23,7 +23,7 @@ const RETURN_EVERY: usize = 64;
 /// Largest chunk sent as one message. Longer runs are split.
 const MAX_CHUNK: usize = 4096;
 
-/// Creates a queue that holds at most `capacity` events (at least one).
+/// Creates a queue of at most `capacity` events (at least one).
 pub(super) fn queue(capacity: usize) -> (QueueSender, QueueReceiver) {
     let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
     let room = Arc::new(Semaphore::new(capacity));
@@ -37,7 +37,7 @@ pub(super) fn queue(capacity: usize) -> (QueueSender, QueueReceiver) {
         chunks: chunks_rx,
         room,
         current: Vec::new().into_iter(),
-        taken: 0,
+        owed_permits: 0,
     };
     (sender, receiver)
 }
@@ -52,7 +52,7 @@ pub(super) struct QueueSender {
     chunk: usize,
 }
 
-/// The receiver is gone; nothing sent after that is delivered.
+/// The receiver is gone, so nothing sent after that is delivered.
 #[derive(Debug)]
 pub(super) struct Closed;
 
@@ -60,14 +60,14 @@ impl QueueSender {
     /// Sends `events` in order, waiting while the queue has no room for
     /// them.
     ///
-    /// Returns [`Closed`] once the receiver is dropped; the events not sent
+    /// Returns [`Closed`] once the receiver is dropped. The events not sent
     /// by then are not delivered.
     pub(super) async fn send(&self, events: &[Arc<Event>]) -> Result<(), Closed> {
         for chunk in events.chunks(self.chunk) {
             // A chunk is at most the capacity and at most MAX_CHUNK, so the
             // count fits a u32 and can always be granted.
             let permits = self.room.acquire_many(chunk.len() as u32).await.map_err(|_| Closed)?;
-            // The permits now belong to the events in the queue; the reader
+            // The permits now belong to the events in the queue. The reader
             // adds them back as it takes the events.
             permits.forget();
             self.chunks.send(chunk.to_vec()).map_err(|_| Closed)?;
@@ -88,7 +88,7 @@ pub(super) struct QueueReceiver {
     /// The rest of the chunk received last.
     current: std::vec::IntoIter<Arc<Event>>,
     /// Events taken whose permits are not given back yet.
-    taken: usize,
+    owed_permits: usize,
 }
 
 impl QueueReceiver {
@@ -129,10 +129,10 @@ impl QueueReceiver {
     /// when the chunk is used up or [`RETURN_EVERY`] events were taken.
     fn take(&mut self) -> Option<Arc<Event>> {
         let event = self.current.next()?;
-        self.taken += 1;
-        if self.taken >= RETURN_EVERY || self.current.len() == 0 {
-            self.room.add_permits(self.taken);
-            self.taken = 0;
+        self.owed_permits += 1;
+        if self.owed_permits >= RETURN_EVERY || self.current.len() == 0 {
+            self.room.add_permits(self.owed_permits);
+            self.owed_permits = 0;
         }
         Some(event)
     }

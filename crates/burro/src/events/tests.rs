@@ -427,7 +427,7 @@ async fn oversized_batch_waits_and_loses_nothing() {
 }
 
 #[tokio::test]
-async fn events_held_by_the_reader_count_against_the_queue() {
+async fn held_events_count_against_queue() {
     within(async {
         let events = bus(10, 4);
         let mut subscription = events.subscribe("*");
