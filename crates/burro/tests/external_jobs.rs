@@ -602,3 +602,37 @@ async fn job_ignoring_cancel_is_killed_after_grace() {
     })
     .await;
 }
+
+/// A reader who gets a progress event and then reads the running job finds
+/// that progress or newer, also when the server emits a read's events in
+/// several batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_read_after_progress_event_is_not_older() {
+    let server = start(vec![("flood", external("python3", "flood_progress.py"))]).await;
+    let mut progress = server.core().events.subscribe("job.external.progress");
+    let id = server.core().jobs.enqueue("flood", json!({"count": 30000, "pad": 100}), once()).await.unwrap();
+
+    let mut checks = 0;
+    let mut older = Vec::new();
+    while let Ok(Some(mut event)) = tokio::time::timeout(Duration::from_secs(10), progress.recv()).await {
+        while let Some(next) = progress.try_recv() {
+            event = next;
+        }
+        let sent = event.data["percent"].as_f64().expect("percent");
+        let job = server.core().jobs.get(&id).await.unwrap().expect("job");
+        // The job's end replaces its live progress with the stored one, so
+        // only reads of a running job below 99 % are compared.
+        if job.status != JobStatus::Running || sent >= 99.0 {
+            break;
+        }
+        checks += 1;
+        let read = job.progress.percent.unwrap_or(-1.0);
+        if read < sent {
+            older.push((sent, read));
+        }
+    }
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
+    assert!(checks > 10, "only {checks} reads happened while the job ran");
+    assert!(older.is_empty(), "{} of {checks} reads showed older progress than a delivered event, e.g. (event, read) {:?}", older.len(), &older[..older.len().min(5)]);
+}

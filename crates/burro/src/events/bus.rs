@@ -76,10 +76,11 @@ pub struct EventsConfig {
     /// none. Default [`DEFAULT_HISTORY`].
     pub history: usize,
     /// Capacity of each subscription's queue, in events. When a queue is
-    /// full, [`Events::emit`] waits for it to drain. Events the subscriber
-    /// has taken give their room back in groups: at the latest after 64 of
-    /// them, or when the subscriber has taken every event emitted together
-    /// with them. 0 is treated as 1. Default [`DEFAULT_QUEUE`].
+    /// full, [`Events::emit`] waits for it to drain. Events that a pull
+    /// [`Subscription`] has taken give their room back in groups: at the
+    /// latest after 64 of them, or when it has taken every event emitted
+    /// together with them. A handler's events give their room back one by
+    /// one as its calls start. 0 is treated as 1. Default [`DEFAULT_QUEUE`].
     pub queue: usize,
 }
 
@@ -169,7 +170,7 @@ impl Events {
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
         let runtime = runtime_handle("Events::on");
-        let (id, mut receiver, active) = self.inner.register(pattern, false);
+        let (id, mut receiver, active) = self.inner.register(pattern, false, true);
 
         runtime.spawn(async move {
             while let Some(event) = receiver.recv().await {
@@ -197,7 +198,7 @@ impl Events {
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
         let runtime = runtime_handle("Events::once");
-        let (id, mut receiver, active) = self.inner.register(pattern, true);
+        let (id, mut receiver, active) = self.inner.register(pattern, true, true);
 
         runtime.spawn(async move {
             let Some(event) = receiver.recv().await else {
@@ -311,7 +312,7 @@ impl Events {
     /// while that queue is full, so a subscription that is never read stalls
     /// the emitters of matching events. Dropping the subscription removes it.
     pub fn subscribe(&self, pattern: &str) -> Subscription {
-        let (id, receiver, _active) = self.inner.register(pattern, false);
+        let (id, receiver, _active) = self.inner.register(pattern, false, false);
         Subscription::new(id, receiver, Arc::downgrade(&self.inner))
     }
 
@@ -337,13 +338,18 @@ impl std::fmt::Debug for Events {
 }
 
 impl Bus {
+    /// Adds a subscription. `handler` is true for the queue of an `on` or
+    /// `once` handler task.
     fn register(
         &self,
         pattern: &str,
         once: bool,
+        handler: bool,
     ) -> (SubscriptionId, QueueReceiver, Arc<AtomicBool>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (sender, receiver) = queue(self.config.queue);
+        // A handler task takes one event per handler call, so its events
+        // give their room back one by one; see `Events::on`.
+        let (sender, receiver) = queue(self.config.queue, handler);
         let active = Arc::new(AtomicBool::new(true));
         let subscriber = Subscriber {
             pattern: Pattern::new(pattern),

@@ -2,12 +2,12 @@
 //!
 //! Events travel in chunks: an emitter sends the events of one run as one
 //! message, so the reader wakes once per chunk, not once per event. The
-//! bound counts events, not chunks: a sender takes one permit of a
-//! semaphore per event before it sends, and the reader gives the permits
-//! back as it takes the events out, at the latest every [`RETURN_EVERY`]
-//! events. The events of a chunk that the reader has received count until
-//! it takes them, so at most `capacity` events wait in the queue and in the
-//! reader together.
+//! bound counts events, not chunks. A sender takes one permit of a
+//! semaphore per event before it sends. The reader gives the permits back
+//! as it takes the events out, at the latest every [`RETURN_EVERY`] events,
+//! or at every event for a handler's queue. The events of a chunk that the
+//! reader has received count until it takes them, so at most `capacity`
+//! events wait in the queue and in the reader together.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -23,8 +23,11 @@ const RETURN_EVERY: usize = 64;
 /// Largest chunk sent as one message. Longer runs are split.
 const MAX_CHUNK: usize = 4096;
 
-/// Creates a queue of at most `capacity` events (at least one).
-pub(super) fn queue(capacity: usize) -> (QueueSender, QueueReceiver) {
+/// Creates a queue of at most `capacity` events (at least one). With
+/// `return_each`, the reader gives each event's room back as it takes the
+/// event: a handler may then emit into its own queue, as long as that
+/// queue is not full of events waiting behind the one it handles.
+pub(super) fn queue(capacity: usize, return_each: bool) -> (QueueSender, QueueReceiver) {
     let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
     let room = Arc::new(Semaphore::new(capacity));
     let (chunks_tx, chunks_rx) = mpsc::unbounded_channel();
@@ -38,6 +41,7 @@ pub(super) fn queue(capacity: usize) -> (QueueSender, QueueReceiver) {
         room,
         current: Vec::new().into_iter(),
         owed_permits: 0,
+        return_every: if return_each { 1 } else { RETURN_EVERY },
     };
     (sender, receiver)
 }
@@ -89,6 +93,9 @@ pub(super) struct QueueReceiver {
     current: std::vec::IntoIter<Arc<Event>>,
     /// Events taken whose permits are not given back yet.
     owed_permits: usize,
+    /// Events taken before their permits are given back, when the chunk
+    /// has more left.
+    return_every: usize,
 }
 
 impl QueueReceiver {
@@ -126,11 +133,11 @@ impl QueueReceiver {
     }
 
     /// Takes the next event of the current chunk and gives permits back
-    /// when the chunk is used up or [`RETURN_EVERY`] events were taken.
+    /// when the chunk is used up or `return_every` events were taken.
     fn take(&mut self) -> Option<Arc<Event>> {
         let event = self.current.next()?;
         self.owed_permits += 1;
-        if self.owed_permits >= RETURN_EVERY || self.current.len() == 0 {
+        if self.owed_permits >= self.return_every || self.current.len() == 0 {
             self.room.add_permits(self.owed_permits);
             self.owed_permits = 0;
         }

@@ -468,3 +468,39 @@ async fn waiting_emit_ends_when_the_subscription_is_dropped() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn handler_emits_into_own_pattern() {
+    within(async {
+        let events = bus(10, 4);
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        let bus_for_handler = events.clone();
+        events.on("t.*", move |event| {
+            let events = bus_for_handler.clone();
+            let sender = sender.clone();
+            async move {
+                sender.send(event.name.clone())?;
+                if event.name == "t.first" {
+                    // The other events of the batch still fill the queue,
+                    // but this event's room is free again.
+                    events.emit("t.echo", json!(null)).await;
+                }
+                Ok(())
+            }
+        });
+
+        let mut batch = EventBatch::new();
+        for _ in 0..4 {
+            batch.push("t.first", json!(null), 0);
+        }
+        events.emit_batch(&mut batch).await;
+
+        let mut seen = Vec::new();
+        while seen.len() < 8 {
+            seen.push(receiver.recv().await.expect("handler output"));
+        }
+        assert_eq!(seen.iter().filter(|name| *name == "t.first").count(), 4);
+        assert_eq!(seen.iter().filter(|name| *name == "t.echo").count(), 4);
+    })
+    .await;
+}

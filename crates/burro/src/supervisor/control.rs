@@ -190,7 +190,6 @@ async fn serve(inner: Arc<Inner>, stream: UnixStream) {
                 }
             }
         }
-        run.flush_live(&inner);
         run.emit_events(&inner, &mut batch).await;
         let heartbeats_due = quiet_bytes >= HEARTBEAT_ACK_BYTES || last_ack.elapsed() >= HEARTBEAT_ACK_INTERVAL;
         if processed_any && (urgent || heartbeats_due) {

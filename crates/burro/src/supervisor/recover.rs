@@ -120,7 +120,6 @@ async fn apply_exit_record(inner: &Inner, run: &Arc<Run>, job: &Job) -> bool {
             clock.tick();
         }
     }
-    run.flush_live(inner);
     run.emit_events(inner, &mut batch).await;
     true
 }

@@ -122,8 +122,9 @@ struct State {
 }
 
 /// The latest liveness and progress of a job's recent messages. The live
-/// state takes them once per read of the shim's connection, not once per
-/// message, because only the latest values matter there.
+/// state takes them before each emit of the job's events, which happens at
+/// least once per read of the shim's connection, not once per message,
+/// because only the latest values matter there.
 #[derive(Default)]
 struct PendingLive {
     /// When the latest message arrived, if one did.
@@ -515,7 +516,6 @@ impl Run {
                 false
             }
             ShimFrame::Exit { seq, report } => {
-                self.flush_live(inner);
                 let left = self.lock().output_rate.take_dropped();
                 if let Some(dropped) = left {
                     self.report_dropped(seq, dropped, clock, batch);
@@ -540,7 +540,7 @@ impl Run {
 
     /// Hands the liveness and progress of the messages processed since the
     /// last call to the live state, in one update.
-    pub fn flush_live(&self, inner: &Inner) {
+    fn flush_live(&self, inner: &Inner) {
         let pending = std::mem::take(&mut self.lock().pending_live);
         let Some(seen_ms) = pending.seen_ms else { return };
         match pending.percent {
@@ -549,7 +549,8 @@ impl Run {
         }
     }
 
-    /// Emits the job events of `batch`. The time this takes counts as a sign
+    /// Hands the pending live values to the live state, then emits the job
+    /// events of `batch`. The time this takes counts as a sign
     /// of life: while subscribers are slow to take the job's events, the
     /// job waits on the server, and must be neither reported stale nor
     /// killed as dead for it.
@@ -559,6 +560,9 @@ impl Run {
     /// gives up `shim_linger` after the last acknowledgement, and a batch
     /// of 256 events can take longer than that to reach a slow subscriber.
     pub async fn emit_events(&self, inner: &Inner, batch: &mut EventBatch) {
+        // A subscriber that reads the job after one of these events must
+        // find progress at least as new as the event's.
+        self.flush_live(inner);
         if batch.is_empty() {
             return;
         }
