@@ -227,23 +227,6 @@ impl ShimFrame {
         out
     }
 
-    /// Decodes one frame line like [`decode`](Self::decode), but keeps the
-    /// line's buffer as the payload of a `MSG`, `OUT` or `ERR` frame: its
-    /// prefix is removed in place instead of the payload being copied.
-    ///
-    /// # Errors
-    ///
-    /// Returns a description of the first malformed part.
-    pub fn decode_owned(mut line: Vec<u8>) -> Result<Self, String> {
-        match payload_header(&line)? {
-            Some(header) => {
-                line.drain(..header.start);
-                Ok(header.frame(line))
-            }
-            None => Self::decode(&line),
-        }
-    }
-
     /// Decodes one frame line (without its newline).
     ///
     /// # Errors
@@ -494,8 +477,6 @@ mod tests {
             let encoded = frame.encode();
             assert_eq!(encoded.last(), Some(&b'\n'));
             let decoded = ShimFrame::decode(&encoded[..encoded.len() - 1]).unwrap();
-            let owned = ShimFrame::decode_owned(encoded[..encoded.len() - 1].to_vec()).unwrap();
-            assert_eq!(owned, decoded);
             let borrowed = ShimFrameRef::decode(&encoded[..encoded.len() - 1]).unwrap();
             assert_eq!(borrowed, ShimFrameRef::from(&frame));
             assert_eq!(borrowed.seq(), frame.seq());
@@ -523,11 +504,9 @@ mod tests {
     #[test]
     fn malformed_frames_are_errors() {
         assert!(ShimFrame::decode(b"MSG x 1 {}").unwrap_err().contains("sequence number \"x\""));
-        assert!(ShimFrame::decode_owned(b"MSG x 1 {}".to_vec()).unwrap_err().contains("sequence number \"x\""));
-        assert!(ShimFrame::decode_owned(b"MSG 1 y {}".to_vec()).unwrap_err().contains("connection id \"y\""));
-        assert!(ShimFrame::decode_owned(b"NOPE 1".to_vec()).unwrap_err().contains("unknown shim frame"));
-        assert_eq!(ShimFrame::decode_owned(b"OUT 3 ".to_vec()).unwrap(), ShimFrame::Stdout { seq: 3, line: Vec::new() });
-        assert_eq!(ShimFrame::decode_owned(b"ERR 4".to_vec()).unwrap(), ShimFrame::Stderr { seq: 4, line: Vec::new() });
+        assert!(ShimFrame::decode(b"MSG 1 y {}").unwrap_err().contains("connection id \"y\""));
+        assert_eq!(ShimFrame::decode(b"OUT 3 ").unwrap(), ShimFrame::Stdout { seq: 3, line: Vec::new() });
+        assert_eq!(ShimFrame::decode(b"ERR 4").unwrap(), ShimFrame::Stderr { seq: 4, line: Vec::new() });
         assert!(ShimFrame::decode(b"NOPE 1").unwrap_err().contains("unknown shim frame"));
         assert!(ShimFrameRef::decode(b"MSG 1 y {}").unwrap_err().contains("connection id \"y\""));
         assert!(ShimFrameRef::decode(b"NOPE 1").unwrap_err().contains("unknown shim frame"));

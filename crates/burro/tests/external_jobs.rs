@@ -607,7 +607,7 @@ async fn job_ignoring_cancel_is_killed_after_grace() {
 /// that progress or newer, also when the server emits a read's events in
 /// several batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn job_read_after_progress_event_is_not_older() {
+async fn read_after_progress_not_older() {
     let server = start(vec![("flood", external("python3", "flood_progress.py"))]).await;
     let mut progress = server.core().events.subscribe("job.external.progress");
     let id = server.core().jobs.enqueue("flood", json!({"count": 30000, "pad": 100}), once()).await.unwrap();

@@ -25,8 +25,8 @@ const MAX_CHUNK: usize = 4096;
 
 /// Creates a queue of at most `capacity` events (at least one). With
 /// `return_each`, the reader gives each event's room back as it takes the
-/// event: a handler may then emit into its own queue, as long as that
-/// queue is not full of events waiting behind the one it handles.
+/// event, so a handler may emit into its own queue unless that queue is
+/// full of events waiting behind the one it handles.
 pub(super) fn queue(capacity: usize, return_each: bool) -> (QueueSender, QueueReceiver) {
     let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
     let room = Arc::new(Semaphore::new(capacity));

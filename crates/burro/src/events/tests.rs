@@ -453,7 +453,7 @@ async fn held_events_count_against_queue() {
 }
 
 #[tokio::test]
-async fn waiting_emit_ends_when_the_subscription_is_dropped() {
+async fn waiting_emit_ends_on_drop() {
     within(async {
         let events = bus(10, 1);
         let subscription = events.subscribe("*");

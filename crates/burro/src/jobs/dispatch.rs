@@ -361,6 +361,8 @@ async fn emit_all(shared: &Shared, events: Vec<(String, Value)>) {
 /// the first write also claims due jobs, which are returned to be started.
 async fn store_end(shared: &Arc<Shared>, job: &Job, outcome: Outcome, mut claim: Option<ClaimRequest>) -> (Vec<(String, Value)>, Vec<Job>) {
     let now = now_ms();
+    // NOTE: from here until the final write below, a read of the job shows
+    // it running with the progress of the last flush, not the latest.
     let live = shared.live.remove(&job.id).unwrap_or_default();
     let mut record = JobFinish {
         id: job.id.clone(),

@@ -121,10 +121,9 @@ struct State {
     pending_live: PendingLive,
 }
 
-/// The latest liveness and progress of a job's recent messages. The live
-/// state takes them before each emit of the job's events, which happens at
-/// least once per read of the shim's connection, not once per message,
-/// because only the latest values matter there.
+/// The latest liveness and progress of a job's recent messages. Only the
+/// latest values matter to the live state, so it takes them before each
+/// emit of the job's events (at least once per read), not per message.
 #[derive(Default)]
 struct PendingLive {
     /// When the latest message arrived, if one did.
@@ -474,34 +473,38 @@ impl Run {
             self.report_dropped(seq, dropped, clock, batch);
         }
         let heartbeat = match frame {
-            ShimFrameRef::Message { conn, line, .. } => self.on_message(inner, seq, conn, line, clock, batch),
-            ShimFrameRef::Stdout { line, .. } => {
-                self.on_output(seq, "stdout", "info", line, clock, batch);
-                false
-            }
-            ShimFrameRef::Stderr { line, .. } => {
-                self.on_output(seq, "stderr", "error", line, clock, batch);
-                false
-            }
             ShimFrameRef::Other(frame) => self.on_other_frame(inner, frame, clock, batch).await,
+            payload => self.on_payload(inner, &payload, clock, batch),
         };
         self.lock().processed_seq = seq;
         heartbeat && !reported_drops
     }
 
-    /// Applies a frame of [`ShimFrameRef::Other`], or one of the payload
-    /// frames when it comes owned. Returns true for a heartbeat message.
+    /// Applies a `MSG`, `OUT` or `ERR` frame. Returns true for a heartbeat
+    /// message. [`ShimFrameRef::Other`] goes to [`Run::on_other_frame`].
+    fn on_payload(self: &Arc<Self>, inner: &Inner, frame: &ShimFrameRef<'_>, clock: &BatchClock, batch: &mut EventBatch) -> bool {
+        match *frame {
+            ShimFrameRef::Message { seq, conn, line } => self.on_message(inner, seq, conn, line, clock, batch),
+            ShimFrameRef::Stdout { seq, line } => {
+                self.on_output(seq, "stdout", "info", line, clock, batch);
+                false
+            }
+            ShimFrameRef::Stderr { seq, line } => {
+                self.on_output(seq, "stderr", "error", line, clock, batch);
+                false
+            }
+            ShimFrameRef::Other(_) => false,
+        }
+    }
+
+    /// Applies a frame without a borrowed payload: `HELLO`, `DROP`, `EXIT`,
+    /// or a payload frame that came owned. Returns true for a heartbeat
+    /// message.
     async fn on_other_frame(self: &Arc<Self>, inner: &Inner, frame: ShimFrame, clock: &BatchClock, batch: &mut EventBatch) -> bool {
         match frame {
             ShimFrame::Hello(_) => false,
-            ShimFrame::Message { seq, conn, line } => self.on_message(inner, seq, conn, &line, clock, batch),
-            ShimFrame::Stdout { seq, line } => {
-                self.on_output(seq, "stdout", "info", &line, clock, batch);
-                false
-            }
-            ShimFrame::Stderr { seq, line } => {
-                self.on_output(seq, "stderr", "error", &line, clock, batch);
-                false
+            ShimFrame::Message { .. } | ShimFrame::Stdout { .. } | ShimFrame::Stderr { .. } => {
+                self.on_payload(inner, &ShimFrameRef::from(&frame), clock, batch)
             }
             ShimFrame::Oversize { conn, len, .. } => {
                 tracing::error!(job_id = %self.job_id, job_name = %self.name, conn, bytes = len, "closed a job connection: message line over max_message_bytes");
@@ -550,10 +553,10 @@ impl Run {
     }
 
     /// Hands the pending live values to the live state, then emits the job
-    /// events of `batch`. The time this takes counts as a sign
-    /// of life: while subscribers are slow to take the job's events, the
-    /// job waits on the server, and must be neither reported stale nor
-    /// killed as dead for it.
+    /// events of `batch`. The time this takes counts as a sign of life:
+    /// while subscribers are slow to take the job's events, the job waits on
+    /// the server, and must be neither reported stale nor killed as dead for
+    /// it.
     ///
     /// While the emit waits, the frames processed so far are acknowledged
     /// every [`ACK_INTERVAL_WHILE_DELIVERING`]. A shim whose job has exited
