@@ -99,6 +99,14 @@ impl PostgresStore {
         &self.pool
     }
 
+    /// The statements that look up due jobs, by name: `claim` (parameters
+    /// now, node, names, limit, lease generation) and `next_run_at`
+    /// (names). Exposed for tests that check their plans.
+    #[doc(hidden)]
+    pub fn due_statements() -> [(&'static str, &'static str); 2] {
+        [("claim", CLAIM_SQL.as_str()), ("next_run_at", NEXT_RUN_AT_SQL)]
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -198,19 +206,35 @@ static INSERT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 
 /// The claim statement. Only a node whose lease has the claim's generation
 /// claims anything.
+///
+/// Due jobs are looked up name by name, each an ordered scan of the
+/// `jobs_waiting_name` index that stops after `$4` rows. One condition
+/// `name = ANY($3)` over all names lets a planner without statistics (a
+/// fresh table, or autovacuum off) combine two bitmap scans that read
+/// every job of the name, which took 22 ms per claim at 29,000 jobs. With
+/// several names a claim may lock up to `$4` rows per name; the rows it
+/// does not claim are free again when the statement ends.
 static CLAIM_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1, node_id = $2, \
              completed_at = NULL, pid = NULL, last_heartbeat = NULL, shim_token = NULL, \
              progress_percent = NULL, progress_message = NULL, \
              process_state = CASE WHEN external THEN 'spawning' ELSE NULL END \
-         WHERE id IN (SELECT id FROM jobs WHERE status IN ('pending', 'scheduled') AND run_at <= $1 \
-             AND name = ANY($3) ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+         WHERE id IN (SELECT due.id FROM unnest($3::TEXT[]) AS wanted(name) \
+             CROSS JOIN LATERAL (SELECT id, run_at FROM jobs WHERE status IN ('pending', 'scheduled') \
+                 AND jobs.name = wanted.name AND run_at <= $1 ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) due \
+             ORDER BY due.run_at, due.id LIMIT $4) \
          AND ($5::BIGINT IS NULL OR EXISTS (SELECT 1 FROM nodes \
              WHERE nodes.id = $2 AND generation = $5 AND NOT fenced AND expires_at > now())) \
          RETURNING {COLUMNS}"
     )
 });
+
+/// The earliest due time of the waiting jobs of the names in `$1`, looked
+/// up name by name like the claim.
+const NEXT_RUN_AT_SQL: &str = "SELECT MIN(earliest.run_at) FROM unnest($1::TEXT[]) AS wanted(name) \
+     CROSS JOIN LATERAL (SELECT run_at FROM jobs WHERE status IN ('pending', 'scheduled') \
+         AND jobs.name = wanted.name ORDER BY run_at LIMIT 1) earliest";
 
 /// Returns the insert of a new job with its values bound.
 fn insert_query(job: &NewJob) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
@@ -720,7 +744,7 @@ impl Store for PostgresStore {
         if names.is_empty() {
             return Ok(None);
         }
-        let next: Option<i64> = sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE status IN ('pending', 'scheduled') AND name = ANY($1)")
+        let next: Option<i64> = sqlx::query_scalar(NEXT_RUN_AT_SQL)
             .bind(names)
             .fetch_one(&self.pool)
             .await?;
