@@ -1,7 +1,7 @@
 //! Claiming due jobs, running them, and recording how they ended.
 
 use super::handler::JobContext;
-use super::live::FLUSH_INTERVAL;
+use super::live::{LiveValues, FLUSH_INTERVAL};
 use super::outcome::{external_outcome, retry_decision, Outcome, RetryDecision};
 use super::service::{Registration, RunningEntry, Shared};
 use crate::clock::{now_ms, to_rfc3339};
@@ -359,11 +359,25 @@ async fn emit_all(shared: &Shared, events: Vec<(String, Value)>) {
 /// Stores the end of an attempt and returns the events that announce it,
 /// none when another writer changed the job's row meanwhile. With `claim`,
 /// the first write also claims due jobs, which are returned to be started.
-async fn store_end(shared: &Arc<Shared>, job: &Job, outcome: Outcome, mut claim: Option<ClaimRequest>) -> (Vec<(String, Value)>, Vec<Job>) {
+async fn store_end(shared: &Arc<Shared>, job: &Job, outcome: Outcome, claim: Option<ClaimRequest>) -> (Vec<(String, Value)>, Vec<Job>) {
     let now = now_ms();
-    // NOTE: from here until the final write below, a read of the job shows
-    // it running with the progress of the last flush, not the latest.
-    let live = shared.live.remove(&job.id).unwrap_or_default();
+    // Until the final write lands, reads still show the attempt's latest
+    // progress, not the last flushed one.
+    let live = shared.live.finish(&job.id);
+    let (events, claimed) = store_end_write(shared, job, outcome, claim, live, now).await;
+    shared.live.finished(&job.id);
+    (events, claimed)
+}
+
+/// The body of [`store_end`], given the attempt's last live values.
+async fn store_end_write(
+    shared: &Arc<Shared>,
+    job: &Job,
+    outcome: Outcome,
+    mut claim: Option<ClaimRequest>,
+    live: LiveValues,
+    now: i64,
+) -> (Vec<(String, Value)>, Vec<Job>) {
     let mut record = JobFinish {
         id: job.id.clone(),
         attempt: job.attempts,

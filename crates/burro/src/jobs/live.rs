@@ -30,6 +30,9 @@ struct State {
     failing: bool,
     current: HashMap<String, LiveValues>,
     dirty: HashMap<String, LiveUpdate>,
+    /// Last values of attempts whose end is being written. Reads see them
+    /// until the write lands, when the row stops being `running`.
+    finishing: HashMap<String, LiveValues>,
 }
 
 /// Shared coalescer; cheap to clone.
@@ -109,9 +112,29 @@ impl Live {
         });
     }
 
-    /// Returns the live values of a running job.
+    /// Returns the live values of a running job, or of an attempt whose
+    /// end is being written.
     pub fn get(&self, id: &str) -> Option<LiveValues> {
-        self.state.lock().expect("live state lock").current.get(id).cloned()
+        let state = self.state.lock().expect("live state lock");
+        state.current.get(id).or_else(|| state.finishing.get(id)).cloned()
+    }
+
+    /// Starts the end of an attempt: returns its last values and keeps them
+    /// for reads until [`Live::finished`], so that a read between now and
+    /// the final write does not fall back to the last flushed progress. Its
+    /// pending update is dropped because the final write carries the same
+    /// values. Values of a next attempt go to the running set as usual.
+    pub fn finish(&self, id: &str) -> LiveValues {
+        let mut state = self.state.lock().expect("live state lock");
+        state.dirty.remove(id);
+        let values = state.current.remove(id).unwrap_or_default();
+        state.finishing.insert(id.to_string(), values.clone());
+        values
+    }
+
+    /// Ends [`Live::finish`]: the end of the attempt is written.
+    pub fn finished(&self, id: &str) {
+        self.state.lock().expect("live state lock").finishing.remove(id);
     }
 
     /// Forgets a job that finished, returning its last values. Its pending
@@ -205,5 +228,25 @@ mod tests {
         assert_eq!(dirty[0].last_heartbeat, Some(9));
         assert_eq!(dirty[0].progress_percent, Some(50.0));
         assert_eq!(dirty[0].progress_message.as_deref(), Some("half"));
+    }
+
+    #[test]
+    fn finishing_values_stay_readable_until_written() {
+        let live = Live::default();
+        live.progress("a", 90.0, Some("almost"));
+        let last = live.finish("a");
+        assert_eq!(last.progress_percent, Some(90.0));
+        assert!(live.take_dirty().is_empty(), "the final write carries the values");
+        assert_eq!(live.get("a").unwrap().progress_message.as_deref(), Some("almost"), "read while the end is written");
+        // A next attempt that starts before the write returns is read first.
+        live.progress("a", 5.0, None);
+        assert_eq!(live.get("a").unwrap().progress_percent, Some(5.0));
+        live.finished("a");
+        assert_eq!(live.get("a").unwrap().progress_percent, Some(5.0), "the next attempt keeps its values");
+        live.remove("a");
+        assert_eq!(live.get("a"), None);
+        assert_eq!(live.finish("b"), LiveValues::default());
+        live.finished("b");
+        assert_eq!(live.get("b"), None);
     }
 }
