@@ -303,17 +303,42 @@ fn insert(conn: &rusqlite::Connection, job: &NewJob) -> Result<Job, StoreError> 
 /// no two claims can return the same job. A read followed by updates by
 /// primary key costs SQLite less than one `UPDATE ... WHERE id IN (...)
 /// RETURNING`, which builds two temporary tables.
-fn claim(conn: &rusqlite::Connection, claim: &ClaimRequest) -> Result<Vec<Job>, StoreError> {
-    if claim.names.is_empty() || claim.limit == 0 {
+///
+/// A failed claim changes nothing, so callers need no savepoint of their
+/// own: one claimed job is one `UPDATE`, which SQLite undoes by itself when
+/// it fails, and several run in a savepoint.
+fn claim(conn: &rusqlite::Connection, request: &ClaimRequest) -> Result<Vec<Job>, StoreError> {
+    if request.names.is_empty() || request.limit == 0 {
         return Ok(Vec::new());
     }
-    let mut params: Vec<&dyn ToSql> = vec![&claim.now_ms];
-    params.extend(claim.names.iter().map(|name| name as &dyn ToSql));
-    params.push(&claim.limit);
-    let mut jobs = jobs_returned(conn, &due_jobs_sql(claim.names.len()), &params)?;
+    let mut params: Vec<&dyn ToSql> = vec![&request.now_ms];
+    params.extend(request.names.iter().map(|name| name as &dyn ToSql));
+    params.push(&request.limit);
+    let mut jobs = jobs_returned(conn, &due_jobs_sql(request.names.len()), &params)?;
+    if jobs.len() > 1 {
+        conn.prepare_cached("SAVEPOINT claim")?.execute([])?;
+        if let Err(err) = mark_claimed(conn, request, &mut jobs) {
+            let _ = conn.execute_batch("ROLLBACK TO claim; RELEASE claim");
+            return Err(err);
+        }
+        // The claimed rows are committed with the transaction even if the
+        // release fails, so the jobs are returned either way.
+        if let Err(err) = conn.prepare_cached("RELEASE claim").and_then(|mut release| release.execute([])) {
+            tracing::warn!(error = %err, "releasing the claim's savepoint failed");
+        }
+    } else {
+        mark_claimed(conn, request, &mut jobs)?;
+    }
+    sort_due_order(&mut jobs);
+    Ok(jobs)
+}
+
+/// Moves the waiting `jobs` to `running`, one `UPDATE` each, and sets the
+/// same values on them.
+fn mark_claimed(conn: &rusqlite::Connection, request: &ClaimRequest, jobs: &mut [Job]) -> Result<(), StoreError> {
     let mut update = conn.prepare_cached(CLAIM_ONE_SQL)?;
-    for job in &mut jobs {
-        let changed = update.execute(rusqlite::params![claim.now_ms, claim.node_id, job.id])?;
+    for job in jobs {
+        let changed = update.execute(rusqlite::params![request.now_ms, request.node_id, job.id])?;
         if changed != 1 {
             return Err(StoreError::Corrupt {
                 id: job.id.clone(),
@@ -322,8 +347,8 @@ fn claim(conn: &rusqlite::Connection, claim: &ClaimRequest) -> Result<Vec<Job>, 
         }
         job.status = JobStatus::Running;
         job.attempts += 1;
-        job.started_at = Some(claim.now_ms);
-        job.node_id = Some(claim.node_id.clone());
+        job.started_at = Some(request.now_ms);
+        job.node_id = Some(request.node_id.clone());
         job.completed_at = None;
         job.pid = None;
         job.last_heartbeat = None;
@@ -332,8 +357,7 @@ fn claim(conn: &rusqlite::Connection, claim: &ClaimRequest) -> Result<Vec<Job>, 
         job.progress_message = None;
         job.process_state = job.external.then_some(ProcessState::Spawning);
     }
-    sort_due_order(&mut jobs);
-    Ok(jobs)
+    Ok(())
 }
 
 /// Ends an attempt of a running job on the writer's connection. Returns
@@ -364,25 +388,6 @@ fn finish(conn: &rusqlite::Connection, finish: &JobFinish) -> Result<bool, Store
     Ok(changed == 1)
 }
 
-/// Runs [`claim`] in a savepoint that is undone when the claim fails.
-fn claim_in_savepoint(conn: &rusqlite::Connection, request: &ClaimRequest) -> Result<Vec<Job>, StoreError> {
-    conn.prepare_cached("SAVEPOINT claim")?.execute([])?;
-    match claim(conn, request) {
-        Ok(jobs) => {
-            // The claimed rows are committed with the transaction even if
-            // the release fails, so the jobs are returned either way.
-            if let Err(err) = conn.prepare_cached("RELEASE claim").and_then(|mut release| release.execute([])) {
-                tracing::warn!(error = %err, "releasing the claim's savepoint failed");
-            }
-            Ok(jobs)
-        }
-        Err(err) => {
-            let _ = conn.execute_batch("ROLLBACK TO claim; RELEASE claim");
-            Err(err)
-        }
-    }
-}
-
 /// Runs `sql` on the writer's connection and returns the number of rows it changed.
 fn rows_changed(conn: &rusqlite::Connection, sql: &str, params: &[&dyn ToSql]) -> Result<usize, StoreError> {
     Ok(conn.prepare_cached(sql)?.execute(params)?)
@@ -403,7 +408,18 @@ impl Store for SqliteStore {
 
     async fn job_insert_claim(&self, job: &NewJob, claim: &ClaimRequest) -> Result<(Job, Vec<Job>), StoreError> {
         let (job, claim) = (job.clone(), claim.clone());
-        self.writer.write(move |conn| Ok((insert(conn, &job)?, self::claim(conn, &claim)?))).await
+        // A failed claim changes nothing and leaves the insert recorded;
+        // the dispatcher claims the jobs later.
+        self.writer
+            .write_statement(move |conn| {
+                let inserted = insert(conn, &job)?;
+                let claimed = self::claim(conn, &claim).unwrap_or_else(|err| {
+                    tracing::warn!(job_id = %inserted.id, error = %err, "claiming jobs after an insert failed; the dispatcher claims them later");
+                    Vec::new()
+                });
+                Ok((inserted, claimed))
+            })
+            .await
     }
 
     async fn job_get(&self, id: &str) -> Result<Option<Job>, StoreError> {
@@ -451,7 +467,7 @@ impl Store for SqliteStore {
 
     async fn job_claim(&self, claim: &ClaimRequest) -> Result<Vec<Job>, StoreError> {
         let claim = claim.clone();
-        self.writer.write(move |conn| self::claim(conn, &claim)).await
+        self.writer.write_statement(move |conn| self::claim(conn, &claim)).await
     }
 
     async fn job_spawned(&self, update: &SpawnUpdate) -> Result<(), StoreError> {
@@ -478,12 +494,12 @@ impl Store for SqliteStore {
     async fn job_finish_claim(&self, finish: &JobFinish, claim: &ClaimRequest) -> Result<(bool, Vec<Job>), StoreError> {
         let (finish, claim) = (finish.clone(), claim.clone());
         // The end is one statement, which SQLite undoes by itself when it
-        // fails. The claim runs several, in a savepoint of its own, so a
-        // failed claim is undone and leaves the end recorded.
+        // fails, and a failed claim changes nothing, so the end stays
+        // recorded whatever the claim does.
         self.writer
             .write_statement(move |conn| {
                 let finished = self::finish(conn, &finish)?;
-                let claimed = claim_in_savepoint(conn, &claim).unwrap_or_else(|err| {
+                let claimed = self::claim(conn, &claim).unwrap_or_else(|err| {
                     tracing::warn!(job_id = %finish.id, error = %err, "claiming jobs after a job's end failed; the dispatcher claims them later");
                     Vec::new()
                 });
