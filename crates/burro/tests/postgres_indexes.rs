@@ -22,7 +22,7 @@ async fn due_plans(pool: &PgPool) -> [String; 2] {
     for (name, sql) in PostgresStore::due_statements() {
         sqlx::raw_sql(&format!("PREPARE due_{name} AS {sql}")).execute(&mut *connection).await.unwrap();
         let arguments = match name {
-            "claim" => "9999999999, 'node', '{resize}', 10, NULL",
+            "claim" => "9999999999, 'node', '{resize}', 10, NULL, 74",
             _ => "'{resize}'",
         };
         let rows: Vec<String> =

@@ -100,8 +100,8 @@ impl PostgresStore {
     }
 
     /// The statements that look up due jobs, by name: `claim` (parameters
-    /// now, node, names, limit, lease generation) and `next_run_at`
-    /// (names). Exposed for tests that check their plans.
+    /// now, node, names, limit, lease generation, candidates) and
+    /// `next_run_at` (names). Exposed for tests that check their plans.
     #[doc(hidden)]
     pub fn due_statements() -> [(&'static str, &'static str); 2] {
         [("claim", CLAIM_SQL.as_str()), ("next_run_at", NEXT_RUN_AT_SQL)]
@@ -204,26 +204,34 @@ static INSERT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
+/// Due jobs a claim considers beyond its limit. Rows that a concurrent
+/// claim holds are skipped, so a claim still finds free jobs while up to
+/// this many of the earliest ones are taken by others.
+const CLAIM_SPARE: u32 = 64;
+
 /// The claim statement. Only a node whose lease has the claim's generation
 /// claims anything.
 ///
-/// Due jobs are looked up name by name, each an ordered scan of the
-/// `jobs_waiting_name` index that stops after `$4` rows. One condition
-/// `name = ANY($3)` over all names lets a planner without statistics (a
-/// fresh table, or autovacuum off) combine two bitmap scans that read
-/// every job of the name, which took 22 ms per claim at 29,000 jobs. With
-/// several names a claim may lock up to `$4` rows per name; the rows it
-/// does not claim are free again when the statement ends.
+/// The candidates are the first `$6` due jobs, looked up name by name, each
+/// an ordered scan of the `jobs_waiting_name` index that stops after `$6`
+/// rows. One condition `name = ANY($3)` lets a planner without statistics
+/// (a fresh table, or autovacuum off) combine two bitmap scans that read
+/// every job of the name: 16 ms per claim at 30,000 jobs in one test. The
+/// candidates are locked in due order only after that, so a claim locks no
+/// row it does not take, and a concurrent claim skips just the rows taken.
 static CLAIM_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = $1, node_id = $2, \
              completed_at = NULL, pid = NULL, last_heartbeat = NULL, shim_token = NULL, \
              progress_percent = NULL, progress_message = NULL, \
              process_state = CASE WHEN external THEN 'spawning' ELSE NULL END \
-         WHERE id IN (SELECT due.id FROM unnest($3::TEXT[]) AS wanted(name) \
-             CROSS JOIN LATERAL (SELECT id, run_at FROM jobs WHERE status IN ('pending', 'scheduled') \
-                 AND jobs.name = wanted.name AND run_at <= $1 ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) due \
-             ORDER BY due.run_at, due.id LIMIT $4) \
+         WHERE id IN (SELECT id FROM jobs WHERE id IN ( \
+                 SELECT due.id FROM (SELECT DISTINCT name FROM unnest($3::TEXT[]) AS names(name)) AS wanted \
+                 CROSS JOIN LATERAL (SELECT id, run_at FROM jobs WHERE status IN ('pending', 'scheduled') \
+                     AND jobs.name = wanted.name AND run_at <= $1 ORDER BY run_at, id LIMIT $6) due \
+                 ORDER BY due.run_at, due.id LIMIT $6) \
+             AND status IN ('pending', 'scheduled') AND run_at <= $1 \
+             ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
          AND ($5::BIGINT IS NULL OR EXISTS (SELECT 1 FROM nodes \
              WHERE nodes.id = $2 AND generation = $5 AND NOT fenced AND expires_at > now())) \
          RETURNING {COLUMNS}"
@@ -258,6 +266,7 @@ fn claim_query(claim: &ClaimRequest) -> sqlx::query::Query<'static, sqlx::Postgr
         .bind(claim.names.clone())
         .bind(i64::from(claim.limit))
         .bind(claim.lease_generation)
+        .bind(i64::from(claim.limit.saturating_add(CLAIM_SPARE)))
 }
 
 /// Decodes the rows of a claim, in due order.
