@@ -363,7 +363,7 @@ async fn store_end(shared: &Arc<Shared>, job: &Job, outcome: Outcome, claim: Opt
     let now = now_ms();
     // Until the final write lands, reads still show the attempt's latest
     // progress, not the last flushed one.
-    let live = shared.live.finish(&job.id);
+    let live = shared.live.finish(&job.id, job.attempts);
     let (events, claimed) = store_end_write(shared, job, outcome, claim, live, now).await;
     shared.live.finished(&job.id);
     (events, claimed)

@@ -30,9 +30,10 @@ struct State {
     failing: bool,
     current: HashMap<String, LiveValues>,
     dirty: HashMap<String, LiveUpdate>,
-    /// Last values of attempts whose end is being written. Reads see them
-    /// until the write lands, when the row stops being `running`.
-    finishing: HashMap<String, LiveValues>,
+    /// Last values of attempts whose end is being written, with the
+    /// attempt's number. Reads of that attempt see them until the write
+    /// lands, when the row stops being `running` in that attempt.
+    finishing: HashMap<String, (u32, LiveValues)>,
 }
 
 /// Shared coalescer; cheap to clone.
@@ -112,23 +113,36 @@ impl Live {
         });
     }
 
-    /// Returns the live values of a running job, or of an attempt whose
-    /// end is being written.
+    /// Returns the live values of a running job.
     pub fn get(&self, id: &str) -> Option<LiveValues> {
-        let state = self.state.lock().expect("live state lock");
-        state.current.get(id).or_else(|| state.finishing.get(id)).cloned()
+        self.state.lock().expect("live state lock").current.get(id).cloned()
     }
 
-    /// Starts the end of an attempt: returns its last values and keeps them
-    /// for reads until [`Live::finished`], so that a read between now and
+    /// Returns the live values of attempt `attempt` of a job: those of the
+    /// running attempt, or those of that attempt while its end is being
+    /// written. A next attempt that the same write claimed has none until
+    /// it reports its own.
+    pub fn get_attempt(&self, id: &str, attempt: u32) -> Option<LiveValues> {
+        let state = self.state.lock().expect("live state lock");
+        if let Some(values) = state.current.get(id) {
+            return Some(values.clone());
+        }
+        match state.finishing.get(id) {
+            Some((finishing, values)) if *finishing == attempt => Some(values.clone()),
+            _ => None,
+        }
+    }
+
+    /// Starts the end of attempt `attempt`: returns its last values and
+    /// keeps them for reads of that attempt until [`Live::finished`], so that a read between now and
     /// the final write does not fall back to the last flushed progress. Its
     /// pending update is dropped because the final write carries the same
     /// values. Values of a next attempt go to the running set as usual.
-    pub fn finish(&self, id: &str) -> LiveValues {
+    pub fn finish(&self, id: &str, attempt: u32) -> LiveValues {
         let mut state = self.state.lock().expect("live state lock");
         state.dirty.remove(id);
         let values = state.current.remove(id).unwrap_or_default();
-        state.finishing.insert(id.to_string(), values.clone());
+        state.finishing.insert(id.to_string(), (attempt, values.clone()));
         values
     }
 
@@ -234,19 +248,22 @@ mod tests {
     fn finishing_values_stay_readable_until_written() {
         let live = Live::default();
         live.progress("a", 90.0, Some("almost"));
-        let last = live.finish("a");
+        let last = live.finish("a", 1);
         assert_eq!(last.progress_percent, Some(90.0));
         assert!(live.take_dirty().is_empty(), "the final write carries the values");
-        assert_eq!(live.get("a").unwrap().progress_message.as_deref(), Some("almost"), "read while the end is written");
-        // A next attempt that starts before the write returns is read first.
+        let read = live.get_attempt("a", 1).unwrap();
+        assert_eq!(read.progress_message.as_deref(), Some("almost"), "read while the end is written");
+        // The same write may claim the job's next attempt, which has no
+        // values of its own yet.
+        assert_eq!(live.get_attempt("a", 2), None, "a next attempt never shows the last one's progress");
         live.progress("a", 5.0, None);
-        assert_eq!(live.get("a").unwrap().progress_percent, Some(5.0));
+        assert_eq!(live.get_attempt("a", 2).unwrap().progress_percent, Some(5.0));
         live.finished("a");
-        assert_eq!(live.get("a").unwrap().progress_percent, Some(5.0), "the next attempt keeps its values");
+        assert_eq!(live.get_attempt("a", 2).unwrap().progress_percent, Some(5.0), "the next attempt keeps its values");
         live.remove("a");
-        assert_eq!(live.get("a"), None);
-        assert_eq!(live.finish("b"), LiveValues::default());
+        assert_eq!(live.get_attempt("a", 2), None);
+        assert_eq!(live.finish("b", 1), LiveValues::default());
         live.finished("b");
-        assert_eq!(live.get("b"), None);
+        assert_eq!(live.get_attempt("b", 1), None);
     }
 }

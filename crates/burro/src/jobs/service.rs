@@ -412,7 +412,7 @@ impl Jobs {
     }
 
     pub(crate) fn view(&self, job: Job) -> JobView {
-        let live = self.shared.live.get(&job.id);
+        let live = self.shared.live.get_attempt(&job.id, job.attempts);
         JobView::new(job, live)
     }
 
