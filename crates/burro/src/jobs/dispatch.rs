@@ -361,11 +361,11 @@ async fn emit_all(shared: &Shared, events: Vec<(String, Value)>) {
 /// the first write also claims due jobs, which are returned to be started.
 async fn store_end(shared: &Arc<Shared>, job: &Job, outcome: Outcome, claim: Option<ClaimRequest>) -> (Vec<(String, Value)>, Vec<Job>) {
     let now = now_ms();
-    // Until the final write lands, reads still show the attempt's latest
-    // progress, not the last flushed one.
+    // Until shortly after the final write lands, reads of this attempt
+    // still show its latest progress, not the last flushed one.
     let live = shared.live.finish(&job.id, job.attempts);
     let (events, claimed) = store_end_write(shared, job, outcome, claim, live, now).await;
-    shared.live.finished(&job.id);
+    shared.live.finished(&job.id, job.attempts);
     (events, claimed)
 }
 

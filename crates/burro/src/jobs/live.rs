@@ -30,10 +30,17 @@ struct State {
     failing: bool,
     current: HashMap<String, LiveValues>,
     dirty: HashMap<String, LiveUpdate>,
-    /// Last values of attempts whose end is being written, with the
-    /// attempt's number. Reads of that attempt see them until the write
-    /// lands, when the row stops being `running` in that attempt.
-    finishing: HashMap<String, (u32, LiveValues)>,
+    /// Last values of attempts whose end is being written or was written
+    /// shortly before, by job id.
+    finishing: HashMap<String, Finishing>,
+}
+
+/// The last values of one attempt whose end is being written.
+struct Finishing {
+    attempt: u32,
+    values: LiveValues,
+    /// Flushes since the end was written; `None` while it is being written.
+    flushes: Option<u8>,
 }
 
 /// Shared coalescer; cheap to clone.
@@ -128,27 +135,39 @@ impl Live {
             return Some(values.clone());
         }
         match state.finishing.get(id) {
-            Some((finishing, values)) if *finishing == attempt => Some(values.clone()),
+            Some(finishing) if finishing.attempt == attempt => Some(finishing.values.clone()),
             _ => None,
         }
     }
 
     /// Starts the end of attempt `attempt`: returns its last values and
-    /// keeps them for reads of that attempt until [`Live::finished`], so that a read between now and
-    /// the final write does not fall back to the last flushed progress. Its
+    /// keeps them for reads of that attempt, so that a read before the final
+    /// write lands does not fall back to the last flushed progress. Its
     /// pending update is dropped because the final write carries the same
     /// values. Values of a next attempt go to the running set as usual.
     pub fn finish(&self, id: &str, attempt: u32) -> LiveValues {
         let mut state = self.state.lock().expect("live state lock");
         state.dirty.remove(id);
         let values = state.current.remove(id).unwrap_or_default();
-        state.finishing.insert(id.to_string(), (attempt, values.clone()));
+        let finishing = Finishing {
+            attempt,
+            values: values.clone(),
+            flushes: None,
+        };
+        state.finishing.insert(id.to_string(), finishing);
         values
     }
 
-    /// Ends [`Live::finish`]: the end of the attempt is written.
-    pub fn finished(&self, id: &str) {
-        self.state.lock().expect("live state lock").finishing.remove(id);
+    /// Records that the end of attempt `attempt` is written. Its values
+    /// stay readable for one to two more flush intervals: a read may have
+    /// fetched the row, still `running`, just before the end landed.
+    pub fn finished(&self, id: &str, attempt: u32) {
+        let mut state = self.state.lock().expect("live state lock");
+        if let Some(finishing) = state.finishing.get_mut(id) {
+            if finishing.attempt == attempt {
+                finishing.flushes = Some(0);
+            }
+        }
     }
 
     /// Forgets a job that finished, returning its last values. Its pending
@@ -159,9 +178,17 @@ impl Live {
         state.current.remove(id)
     }
 
-    /// Takes the pending updates.
+    /// Takes the pending updates, and forgets the values of attempts whose
+    /// end was written before the previous call.
     pub fn take_dirty(&self) -> Vec<LiveUpdate> {
         let mut state = self.state.lock().expect("live state lock");
+        state.finishing.retain(|_, finishing| match &mut finishing.flushes {
+            None => true,
+            Some(flushes) => {
+                *flushes += 1;
+                *flushes < 2
+            }
+        });
         state.dirty.drain().map(|(_, update)| update).collect()
     }
 
@@ -258,12 +285,31 @@ mod tests {
         assert_eq!(live.get_attempt("a", 2), None, "a next attempt never shows the last one's progress");
         live.progress("a", 5.0, None);
         assert_eq!(live.get_attempt("a", 2).unwrap().progress_percent, Some(5.0));
-        live.finished("a");
+        live.finished("a", 1);
         assert_eq!(live.get_attempt("a", 2).unwrap().progress_percent, Some(5.0), "the next attempt keeps its values");
         live.remove("a");
         assert_eq!(live.get_attempt("a", 2), None);
         assert_eq!(live.finish("b", 1), LiveValues::default());
-        live.finished("b");
-        assert_eq!(live.get_attempt("b", 1), None);
+        live.finished("b", 1);
+        assert_eq!(live.get_attempt("b", 1), Some(LiveValues::default()));
+    }
+
+    #[test]
+    fn written_ends_are_forgotten_after_two_flushes() {
+        let live = Live::default();
+        live.progress("a", 70.0, None);
+        live.finish("a", 3);
+        live.take_dirty();
+        live.take_dirty();
+        assert!(live.get_attempt("a", 3).is_some(), "kept while the end is being written");
+        live.finished("a", 2);
+        live.take_dirty();
+        live.take_dirty();
+        assert!(live.get_attempt("a", 3).is_some(), "another attempt's write does not end it");
+        live.finished("a", 3);
+        live.take_dirty();
+        assert_eq!(live.get_attempt("a", 3).unwrap().progress_percent, Some(70.0), "kept for one flush after the write");
+        live.take_dirty();
+        assert_eq!(live.get_attempt("a", 3), None, "forgotten at the second flush");
     }
 }
