@@ -143,6 +143,10 @@ async fn run_burro(jobs: u64, database_url: Option<String>) -> Result<f64> {
     Ok(jobs as f64 / seconds)
 }
 
+/// One row of S3's table: its name, its target, and how to read burro's
+/// and the peer's figure from a round.
+type Comparison = (&'static str, Target, fn(&Round) -> f64, fn(&Round) -> f64);
+
 /// Figures of one round.
 struct Round {
     sqlite: f64,
@@ -205,7 +209,7 @@ pub async fn s3_in_process(scale: Scale, rounds: usize, postgres_url: &str) -> R
         }
     }
 
-    let pairs: [(&'static str, Target, fn(&Round) -> f64, fn(&Round) -> f64); 4] = [
+    let pairs: [Comparison; 4] = [
         ("SQLite vs BullMQ", Target::AtLeast(2.0), |r| r.sqlite, |r| r.bullmq),
         ("SQLite vs graphile-worker", Target::AtLeast(2.0), |r| r.sqlite, |r| r.graphile),
         ("PostgreSQL vs graphile-worker", Target::AtLeast(1.0), |r| r.postgres, |r| r.graphile),

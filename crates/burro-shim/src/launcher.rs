@@ -55,10 +55,9 @@ pub fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // memchr picks its implementation from the CPU's features, which it
-    // probes with CPUID at its first call; on a virtual machine each CPUID
-    // traps to the hypervisor. Probing here, once, before any fork, lets
-    // every forked shim inherit the choice instead of probing again.
+    // memchr probes the CPU's features with CPUID at its first call, and on
+    // a virtual machine each CPUID traps to the hypervisor. One call here,
+    // before any fork, lets every forked shim inherit the result.
     std::hint::black_box(memchr::memchr(b'\n', std::hint::black_box(b"probe\n")));
     let mut buffer = vec![0u8; MAX_REQUEST_BYTES];
     loop {

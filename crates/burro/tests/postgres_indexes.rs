@@ -12,7 +12,7 @@ async fn plan(pool: &PgPool, sql: &str) -> String {
     rows.join("\n")
 }
 
-/// The plans of the store's claim and next-run statements, in that order,
+/// Returns the plans of the store's claim and next-run statements, in that order,
 /// for the name `resize`, as generic plans (the ones a pooled connection
 /// reuses after a few runs).
 async fn due_plans(pool: &PgPool) -> [String; 2] {

@@ -369,7 +369,8 @@ async fn store_end(shared: &Arc<Shared>, job: &Job, outcome: Outcome, claim: Opt
     (events, claimed)
 }
 
-/// The body of [`store_end`], given the attempt's last live values.
+/// Writes the end of an attempt for [`store_end`], given the attempt's
+/// last live values.
 async fn store_end_write(
     shared: &Arc<Shared>,
     job: &Job,

@@ -99,7 +99,7 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// The statements that look up due jobs, by name: `claim` (parameters
+    /// Returns the statements that look up due jobs, by name: `claim` (parameters
     /// now, node, names, limit, lease generation, candidates) and
     /// `next_run_at` (names). Exposed for tests that check their plans.
     #[doc(hidden)]
@@ -205,7 +205,7 @@ static INSERT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 /// Due jobs a claim considers beyond its limit. Rows that a concurrent
-/// claim holds are skipped, so a claim still finds free jobs while up to
+/// claim has locked are skipped, so a claim still finds free jobs while up to
 /// this many of the earliest ones are taken by others.
 const CLAIM_SPARE: u32 = 64;
 
