@@ -42,6 +42,7 @@ async fn sqlite_every_job_runs_once() {
         },
     )
     .await;
+
     let total = 3000u64;
     let mut tasks = Vec::new();
     for t in 0..12u64 {
@@ -50,11 +51,11 @@ async fn sqlite_every_job_runs_once() {
             let mut ids = Vec::new();
             for i in (t..total).step_by(12) {
                 let options = if i % 11 == 0 {
-                    burro::jobs::EnqueueOptions { run_at_ms: Some(burro_now() + 50), ..Default::default() }
+                    burro::jobs::EnqueueOptions { run_at_ms: Some(burro::clock::now_ms() + 50), ..Default::default() }
                 } else {
                     Default::default()
                 };
-                let job = jobs.enqueue(["q0", "q1", "q2"][(i % 3) as usize], json!({ "i": i }), options).await.unwrap();
+                let job = jobs.enqueue(names[(i % 3) as usize], json!({ "i": i }), options).await.unwrap();
                 ids.push(job);
                 if i % 13 == 0 {
                     tokio::task::yield_now().await;
@@ -63,11 +64,13 @@ async fn sqlite_every_job_runs_once() {
             ids
         }));
     }
+
     let mut ids = Vec::new();
     for task in tasks {
         ids.extend(task.await.unwrap());
     }
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), total as usize);
+
     within(Duration::from_secs(120), async {
         for id in &ids {
             let job = server.wait_finished(id).await;
@@ -76,14 +79,11 @@ async fn sqlite_every_job_runs_once() {
         }
     })
     .await;
+
     let runs = runs.lock().unwrap();
     assert_eq!(runs.len(), total as usize);
     let twice: Vec<_> = runs.iter().filter(|(_, n)| **n != 1).collect();
     assert!(twice.is_empty(), "ran more than once: {twice:?}");
-}
-
-fn burro_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
 /// One slot, so the end of attempt 1 claims attempt 2 of the same job in
@@ -100,6 +100,8 @@ async fn same_write_retry_shows_no_old_progress_postgres() {
     same_write_retry(Some(url)).await;
 }
 
+/// Runs 150 jobs that fail once and are retried in the write that ends
+/// their first attempt, polling each, on SQLite or on `database_url`.
 async fn same_write_retry(database_url: Option<String>) {
     let rounds = 150;
     let server = start_with(
@@ -124,6 +126,7 @@ async fn same_write_retry(database_url: Option<String>) {
         },
     )
     .await;
+
     let mut seen = Vec::new();
     let mut reads = 0u64;
     for i in 0..rounds {
@@ -132,20 +135,20 @@ async fn same_write_retry(database_url: Option<String>) {
         let poll_id = id.clone();
         let poller = tokio::spawn(async move {
             let mut found = Vec::new();
-            let mut n = 0u64;
+            let mut polls = 0u64;
             loop {
                 let view = jobs.get(&poll_id).await.unwrap().unwrap();
-                n += 1;
+                polls += 1;
                 if view.status.is_finished() {
-                    return (found, n);
+                    return (found, polls);
                 }
                 if view.attempts == 2 && view.status == JobStatus::Running && view.progress.message.is_some() {
                     found.push(format!("{poll_id} attempt 2 shows {:?} {:?}", view.progress.percent, view.progress.message));
                 }
             }
         });
-        let (found, n) = poller.await.unwrap();
-        reads += n;
+        let (found, polls) = poller.await.unwrap();
+        reads += polls;
         seen.extend(found);
         let job = server.wait_finished(&id).await;
         assert_eq!(job.attempts, 2);

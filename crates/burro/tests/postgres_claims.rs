@@ -36,6 +36,16 @@ fn ids(jobs: &[Job]) -> Vec<String> {
     jobs.iter().map(|j| j.id.clone()).collect()
 }
 
+/// Opens `count` more stores on the schema at `url`, each standing for a
+/// node with a pool of `connections`.
+async fn open_nodes(url: &str, count: usize, connections: u32) -> Vec<Arc<PostgresStore>> {
+    let mut stores = Vec::new();
+    for _ in 0..count {
+        stores.push(Arc::new(PostgresStore::open(url, connections, None).await.unwrap()));
+    }
+    stores
+}
+
 async fn open(test: &str) -> Option<(String, PostgresStore)> {
     let url = common::schema_url(test).await?;
     let store = PostgresStore::open(&url, 8, None).await.unwrap();
@@ -100,28 +110,33 @@ async fn concurrent_nodes_claim_each_job_once() {
     .execute(store.pool())
     .await
     .unwrap();
-    let mut stores = Vec::new();
-    for _ in 0..4 {
-        stores.push(Arc::new(PostgresStore::open(&url, 4, None).await.unwrap()));
-    }
+
+    let stores = open_nodes(&url, 4, 4).await;
     let mut tasks = Vec::new();
     for t in 0..16usize {
         let store = stores[t % 4].clone();
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             let mut empty_rounds = 0;
-            let mut k = t;
+            // A linear congruential generator picks each claim's limit and names.
+            let mut random = t;
             while empty_rounds < 30 {
-                k = k.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                let limit = (k >> 33) as u32 % 8 + 1;
-                let subset: Vec<&str> = names.iter().enumerate().filter(|(i, _)| (k >> (40 + i)) & 1 == 1 || *i == t % 5).map(|(_, n)| *n).collect();
+                random = random.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let limit = (random >> 33) as u32 % 8 + 1;
+                let subset: Vec<&str> = names
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| (random >> (40 + i)) & 1 == 1 || *i == t % 5)
+                    .map(|(_, name)| *name)
+                    .collect();
+
                 let claimed = store.job_claim(&request(&subset, limit, 1000, &format!("node{}", t % 4))).await.unwrap();
                 assert!(claimed.len() <= limit as usize, "claim of limit {limit} returned {}", claimed.len());
                 for pair in claimed.windows(2) {
                     assert!((pair[0].run_at, &pair[0].id) <= (pair[1].run_at, &pair[1].id), "due order");
                 }
-                for j in &claimed {
-                    assert!(subset.contains(&j.name.as_str()));
+                for job in &claimed {
+                    assert!(subset.contains(&job.name.as_str()), "{} is not among {subset:?}", job.name);
                 }
                 if claimed.is_empty() {
                     empty_rounds += 1;
@@ -133,6 +148,7 @@ async fn concurrent_nodes_claim_each_job_once() {
             mine
         }));
     }
+
     let mut seen = HashSet::new();
     for task in tasks {
         for id in task.await.unwrap() {
@@ -157,7 +173,7 @@ async fn open_claim_leaves_other_jobs_claimable() {
     store.job_insert(&job("b1", "b", JobStatus::Pending, 2)).await.unwrap();
     let claim_sql = claim_sql();
     let mut first = store.pool().begin().await.unwrap();
-    let taken = sqlx::query(claim_sql)
+    let first_claimed = sqlx::query(claim_sql)
         .bind(100i64)
         .bind("node-1")
         .bind(vec!["a".to_string(), "b".to_string()])
@@ -167,7 +183,7 @@ async fn open_claim_leaves_other_jobs_claimable() {
         .fetch_all(&mut *first)
         .await
         .unwrap();
-    assert_eq!(taken.len(), 1, "the first claimer takes a1");
+    assert_eq!(first_claimed.len(), 1, "the first claimer takes a1");
     let second = store.job_claim(&request(&["a", "b"], 1, 100, "node-2")).await.unwrap();
     first.commit().await.unwrap();
     let waiting: Vec<String> = sqlx::query_scalar("SELECT id FROM jobs WHERE status IN ('pending', 'scheduled')")
@@ -202,10 +218,8 @@ async fn limit_one_claims_with_inserts() {
             }
         })
     };
-    let mut stores = Vec::new();
-    for _ in 0..4 {
-        stores.push(Arc::new(PostgresStore::open(&url, 3, None).await.unwrap()));
-    }
+
+    let stores = open_nodes(&url, 4, 3).await;
     let mut tasks = Vec::new();
     for t in 0..12usize {
         let store = stores[t % 4].clone();
@@ -213,11 +227,20 @@ async fn limit_one_claims_with_inserts() {
             let mut mine = Vec::new();
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
             while std::time::Instant::now() < deadline {
-                let subset: &[&str] = match t % 3 { 0 => &["n0", "n1", "n2"], 1 => &["n2", "n0"], _ => &["n1", "n2"] };
+                let subset: &[&str] = match t % 3 {
+                    0 => &["n0", "n1", "n2"],
+                    1 => &["n2", "n0"],
+                    _ => &["n1", "n2"],
+                };
                 let claimed = store.job_claim(&request(subset, 1, now(), "node")).await.unwrap();
                 assert!(claimed.len() <= 1, "limit 1 returned {}", claimed.len());
                 mine.extend(ids(&claimed));
-                let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status <> 'running'").fetch_one(store.pool()).await.unwrap();
+
+                // Stops once every job is inserted and claimed.
+                let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status <> 'running'")
+                    .fetch_one(store.pool())
+                    .await
+                    .unwrap();
                 let inserted: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(store.pool()).await.unwrap();
                 if left == 0 && inserted as usize == total {
                     break;
@@ -227,6 +250,7 @@ async fn limit_one_claims_with_inserts() {
         }));
     }
     inserter.await.unwrap();
+
     let mut seen = HashSet::new();
     for task in tasks {
         for id in task.await.unwrap() {

@@ -178,7 +178,7 @@ impl Live {
         state.current.remove(id)
     }
 
-    /// Takes the pending updates, and forgets the values of attempts whose
+    /// Takes the pending updates. Also drops the values of attempts whose
     /// end was written before the previous call.
     pub fn take_dirty(&self) -> Vec<LiveUpdate> {
         let mut state = self.state.lock().expect("live state lock");

@@ -207,6 +207,8 @@ static INSERT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 /// Due jobs a claim considers beyond its limit. Rows that a concurrent
 /// claim has locked are skipped, so a claim still finds free jobs while up to
 /// this many of the earliest ones are taken by others.
+/// NOTE: with more of them locked, the claim comes back short and the node
+/// waits for its next wake-up; 64 is a guess, not a measured bound.
 const CLAIM_SPARE: u32 = 64;
 
 /// The claim statement. Only a node whose lease has the claim's generation
