@@ -235,6 +235,29 @@ async fn exit_record_finishes_job_after_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_server_takes_the_token_from_the_claimed_spec() {
+    let site = Site::new("");
+    let first = site.serve();
+    let id = enqueue(&first, json!({"count": 20, "delay": 0.05})).await;
+    let ids = vec![id.clone()];
+    wait_until("the job runs", async || running_with_progress(&first, &ids).await).await;
+    let claimed = site.exit_dir().join(format!("{id}.1.spec.claimed"));
+    let spec: Value = serde_json::from_slice(&std::fs::read(&claimed).unwrap()).unwrap();
+    assert_eq!(spec["jobId"], id.as_str(), "{spec}");
+    assert_eq!(spec["token"].as_str().unwrap().len(), 48, "{spec}");
+    first.kill9();
+
+    // The store holds no token: the second server reads it from the spec
+    // the shim claimed, accepts the shim and lets the attempt finish.
+    let second = site.serve();
+    let finished = wait_finished(&second, &ids).await;
+    assert_eq!(finished[&id]["status"], "completed", "{}", finished[&id]);
+    assert_eq!(finished[&id]["attempts"], 1, "the attempt went on; it was not requeued");
+    assert_numbers_complete(&id, &log_messages(&second, &id).await, 20);
+    wait_until("the claimed spec of the ended job is removed", async || !claimed.exists()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_line_counts_after_restart() {
     // The job sends a line over the limit, which the first server
     // acknowledges, then exits 0 without a terminal message under the

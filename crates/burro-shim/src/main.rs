@@ -99,7 +99,9 @@ fn restore_open_files_limit() {
 /// Reads the spec from the file after `--spec-file`, or else from standard
 /// input. The file is claimed by renaming it before it is read, so a
 /// restarted server that takes the file back first (because it found no
-/// shim had it) makes this shim exit without starting the job.
+/// shim had it) makes this shim exit without starting the job. The claimed
+/// file stays: it holds the shim's token, which a restarted server reads
+/// there, and the server removes it once the job has ended.
 fn read_spec(source: SpecSource) -> Result<ShimSpec, String> {
     let mut input = Vec::new();
     let source = match source {
@@ -116,7 +118,6 @@ fn read_spec(source: SpecSource) -> Result<ShimSpec, String> {
                 }
                 file.read_to_end(&mut input)
             });
-            let _ = std::fs::remove_file(&claimed);
             read.map_err(|err| format!("reading the job spec file {} failed: {err}", claimed.display()))?;
             "the spec file"
         }

@@ -152,7 +152,7 @@ impl AppServer {
         } else {
             logs
         };
-        let supervisor = Supervisor::start(SupervisorSettings::from_config(&config), events.clone(), live.clone(), logs.clone(), dyn_store.clone())
+        let supervisor = Supervisor::start(SupervisorSettings::from_config(&config), events.clone(), live.clone(), logs.clone())
             .await
             .map_err(ServerError::Setup)?;
         let settings = JobsSettings {

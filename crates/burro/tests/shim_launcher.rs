@@ -9,7 +9,7 @@ use burro::store::JobStatus;
 use common::*;
 use serde_json::json;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn once() -> EnqueueOptions {
     EnqueueOptions {
@@ -243,12 +243,15 @@ async fn stuck_launcher_falls_back_to_exec() {
     let id = enqueue_wait(&server, &release).await;
     let job = server.wait_finished(&id).await;
     assert_eq!(job.status, JobStatus::Completed, "error: {:?}", job.error);
-    let specs: Vec<_> = std::fs::read_dir(server.dir.path().join("exits"))
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.file_name())
-        .collect();
-    assert!(specs.is_empty(), "no spec file is left behind: {specs:?}");
+    // The claimed spec goes once the end is written, just after the job
+    // reads as completed.
+    let exits = server.dir.path().join("exits");
+    let spec_files = || -> Vec<_> { std::fs::read_dir(&exits).unwrap().flatten().map(|entry| entry.file_name()).collect() };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !spec_files().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(spec_files().is_empty(), "no spec file is left behind: {:?}", spec_files());
     assert_eq!(server.core().jobs.shim_launcher_pid(), None, "the stuck launcher was dropped");
     // The server killed the stopped launcher; it is gone or a zombie.
     wait_exited(launcher).await;

@@ -306,22 +306,13 @@ async fn live_updates_and_running_jobs(store: Arc<dyn Store>) {
     end.pid = Some(77);
     store.job_finish(&end).await.unwrap();
     assert_eq!(store.job_get("done").await.unwrap().unwrap().pid, Some(77), "the end writes the pid the flush had not");
-    let spawned = SpawnUpdate {
-        id: "l".into(),
-        attempt: 1,
-        pid: Some(4242),
-        process_state: Some(ProcessState::Running),
-        shim_token: Some("token".into()),
-        node_id: Some("node-a".into()),
-    };
-    store.job_spawned(&spawned).await.unwrap();
     let updates = vec![
         LiveUpdate {
             id: "l".into(),
             progress_percent: Some(42.5),
             progress_message: Some("half".into()),
             last_heartbeat: Some(1500),
-            process_state: None,
+            process_state: Some(ProcessState::Running),
             pid: Some(5151),
         },
         LiveUpdate {
@@ -359,7 +350,6 @@ async fn live_updates_and_running_jobs(store: Arc<dyn Store>) {
     assert_eq!(job.last_heartbeat, Some(1500));
     assert_eq!(job.pid, Some(5151), "the flush writes the pid");
     assert_eq!(job.process_state, Some(ProcessState::Running));
-    assert_eq!(job.shim_token.as_deref(), Some("token"));
     assert_eq!(store.job_get("done").await.unwrap().unwrap().progress_percent, None, "finished jobs are not updated");
 
     let running = store.jobs_running("node-a").await.unwrap();
@@ -535,19 +525,20 @@ async fn writes_of_another_node_change_nothing(store: Arc<dyn Store>) {
         !store.job_finish(&foreign).await.unwrap(),
         "node-b does not own the job"
     );
-    let spawned = SpawnUpdate {
+    let claimed = store.job_get("owned").await.unwrap().unwrap();
+    let foreign_flush = vec![LiveUpdate {
         id: "owned".into(),
-        attempt: 1,
+        progress_percent: None,
+        progress_message: None,
+        last_heartbeat: None,
+        process_state: Some(ProcessState::Running),
         pid: Some(7),
-        process_state: None,
-        shim_token: Some("forged".into()),
-        node_id: Some("node-b".into()),
-    };
-    store.job_spawned(&spawned).await.unwrap();
+    }];
+    store.jobs_live_flush(Some("node-b"), &foreign_flush).await.unwrap();
     let job = store.job_get("owned").await.unwrap().unwrap();
     assert_eq!(job.status, JobStatus::Running);
     assert_eq!(job.pid, None);
-    assert_eq!(job.shim_token, None);
+    assert_eq!(job.process_state, claimed.process_state);
     let mut own = finish("owned", 1, JobStatus::Completed);
     own.node_id = Some("node-a".into());
     assert!(store.job_finish(&own).await.unwrap());

@@ -545,20 +545,27 @@ impl Jobs {
         if !jobs.is_empty() {
             tracing::info!(external = external.len(), in_process = jobs.len() - external.len(), "taking over the jobs that were running at the last stop");
         }
-        for job in jobs {
-            if job.external && job.shim_token.is_none() {
-                // The server stopped between the claim and the shim's start:
-                // no process ever ran, so the attempt is given back.
-                match self.shared.store.job_requeue(&job.id, job.attempts).await {
-                    Ok(_) => tracing::info!(job_id = %job.id, job_name = %job.name, "requeued a job whose shim was never started"),
-                    Err(err) => tracing::error!(job_id = %job.id, error = %err, "requeueing a job whose shim was never started failed"),
-                }
-            } else if job.external && self.shared.supervisor.reclaim_spec(&job) {
+        for mut job in jobs {
+            if job.external && self.shared.supervisor.reclaim_spec(&job) {
                 // The server stopped before any shim read the job's spec: the
                 // job never started, so the attempt is given back.
                 match self.shared.store.job_requeue(&job.id, job.attempts).await {
                     Ok(_) => tracing::info!(job_id = %job.id, job_name = %job.name, "requeued a job whose shim never read its spec"),
                     Err(err) => tracing::error!(job_id = %job.id, error = %err, "requeueing a job whose shim never read its spec failed"),
+                }
+                continue;
+            }
+            if job.external && job.shim_token.is_none() {
+                // Jobs started by an older server have their token in the
+                // store. This server leaves it in the spec file the shim claimed.
+                job.shim_token = self.shared.supervisor.claimed_token(&job);
+            }
+            if job.external && job.shim_token.is_none() {
+                // The server stopped between the claim and the spec's write:
+                // no shim ever ran, so the attempt is given back.
+                match self.shared.store.job_requeue(&job.id, job.attempts).await {
+                    Ok(_) => tracing::info!(job_id = %job.id, job_name = %job.name, "requeued a job whose shim was never started"),
+                    Err(err) => tracing::error!(job_id = %job.id, error = %err, "requeueing a job whose shim was never started failed"),
                 }
             } else if job.external {
                 let external = super::dispatch::external_of(&self.shared, &job);

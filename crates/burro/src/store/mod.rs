@@ -71,9 +71,6 @@ pub trait Store: Send + Sync + 'static {
         }
     }
 
-    /// Records the process of a running external job.
-    async fn job_spawned(&self, update: &SpawnUpdate) -> Result<(), StoreError>;
-
     /// Ends an attempt of a running job: `completed`, `failed`, `cancelled`,
     /// or `scheduled` again for a retry. Applies only while the job is still
     /// `running` in the same attempt; returns false otherwise.

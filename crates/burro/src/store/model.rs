@@ -171,19 +171,6 @@ pub struct ClaimRequest {
     pub lease_generation: Option<i64>,
 }
 
-/// Parameters of [`super::Store::job_spawned`].
-#[derive(Debug, Clone)]
-pub struct SpawnUpdate {
-    pub id: String,
-    pub attempt: u32,
-    pub pid: Option<i64>,
-    /// Unchanged when `None`.
-    pub process_state: Option<ProcessState>,
-    pub shim_token: Option<String>,
-    /// When set, applies only while the job is owned by this node.
-    pub node_id: Option<String>,
-}
-
 /// The end of an attempt, as written by [`super::Store::job_finish`].
 #[derive(Debug, Clone)]
 pub struct JobFinish {

@@ -337,22 +337,6 @@ impl Store for PostgresStore {
         claimed_jobs(&rows)
     }
 
-    async fn job_spawned(&self, update: &SpawnUpdate) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE jobs SET pid = $1, process_state = COALESCE($2, process_state), shim_token = COALESCE($3, shim_token) \
-             WHERE id = $4 AND attempts = $5 AND status = 'running' AND ($6::TEXT IS NULL OR node_id = $6)",
-        )
-        .bind(update.pid)
-        .bind(update.process_state.map(ProcessState::as_str))
-        .bind(&update.shim_token)
-        .bind(&update.id)
-        .bind(to_i32(update.attempt))
-        .bind(&update.node_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     async fn job_finish(&self, finish: &JobFinish) -> Result<bool, StoreError> {
         let retrying = finish.status == JobStatus::Scheduled;
         let result = finish.result.as_ref().map(Value::to_string);

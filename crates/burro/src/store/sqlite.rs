@@ -470,22 +470,6 @@ impl Store for SqliteStore {
         self.writer.write_statement(move |conn| self::claim(conn, &claim)).await
     }
 
-    async fn job_spawned(&self, update: &SpawnUpdate) -> Result<(), StoreError> {
-        let update = update.clone();
-        self.writer
-            .write_statement(move |conn| {
-                let state = update.process_state.map(ProcessState::as_str);
-                rows_changed(
-                    conn,
-                    "UPDATE jobs SET pid = ?, process_state = COALESCE(?, process_state), shim_token = COALESCE(?, shim_token) \
-                     WHERE id = ? AND attempts = ? AND status = 'running' AND (? IS NULL OR node_id = ?)",
-                    &[&update.pid, &state, &update.shim_token, &update.id, &update.attempt, &update.node_id, &update.node_id],
-                )
-            })
-            .await?;
-        Ok(())
-    }
-
     async fn job_finish(&self, finish: &JobFinish) -> Result<bool, StoreError> {
         let finish = finish.clone();
         self.writer.write_statement(move |conn| self::finish(conn, &finish)).await

@@ -17,7 +17,7 @@ pub use spec::{job_environment, shim_spec, SECRET_VARIABLES};
 use crate::config::{Config, Transport};
 use crate::events::Events;
 use crate::jobs::{ExitSummary, ExternalJob, JobLogs, KillReason, Live};
-use crate::store::{Job, ProcessState, SpawnUpdate, Store};
+use crate::store::{Job, ProcessState};
 use burro_protocol::control::{ExitReport, ServerFrame};
 use run::Run;
 use std::collections::HashMap;
@@ -106,7 +106,6 @@ pub(crate) struct Inner {
     pub events: Events,
     pub live: Live,
     pub logs: JobLogs,
-    pub store: Arc<dyn Store>,
     pub runs: Mutex<HashMap<String, Arc<Run>>>,
     /// Forks shims; `None` when `shim_launcher` is off.
     launcher: Option<launcher::Launcher>,
@@ -129,7 +128,7 @@ impl Supervisor {
     /// Returns a message when the socket directory fails its checks, socket
     /// paths would be too long, another server owns the control socket, or
     /// binding fails.
-    pub async fn start(settings: SupervisorSettings, events: Events, live: Live, logs: JobLogs, store: Arc<dyn Store>) -> Result<Self, String> {
+    pub async fn start(settings: SupervisorSettings, events: Events, live: Live, logs: JobLogs) -> Result<Self, String> {
         raise_open_files_limit();
         prepare_socket_dir(&settings.socket_dir)?;
         check_socket_path_length(&settings.socket_dir)?;
@@ -150,7 +149,6 @@ impl Supervisor {
             events,
             live,
             logs,
-            store,
             runs: Mutex::new(HashMap::new()),
             listener: Mutex::new(Some(listener)),
         });
@@ -197,9 +195,10 @@ impl Supervisor {
         }
         let env = job_environment(server_environment(), external, &job.id);
         let spec = shim_spec(&self.inner.settings, job, external, &token, env);
-        // The spec file is written before the token is recorded, so a
-        // server that restarts after recording it finds either a shim that
-        // took the spec or the spec itself; see `reclaim_spec`.
+        // The spec file is the record of the shim's token, so no store write
+        // waits before the shim starts. A restarted server finds the spec
+        // itself when no shim took it, or else the claimed spec, which the
+        // shim leaves in place (see `reclaim_spec` and `claimed_token`).
         let spec_path = spec_file(&self.inner.settings, &job.id, job.attempts);
         if let Err(error) = write_spec_file(&spec_path, &spec) {
             run.deliver(ExitSummary {
@@ -210,17 +209,6 @@ impl Supervisor {
                 ..Default::default()
             });
             return exit_rx.await.unwrap_or_default();
-        }
-        let update = SpawnUpdate {
-            id: job.id.clone(),
-            attempt: job.attempts,
-            pid: None,
-            process_state: Some(ProcessState::Spawning),
-            shim_token: Some(token.clone()),
-            node_id: job.node_id.clone(),
-        };
-        if let Err(err) = self.inner.store.job_spawned(&update).await {
-            tracing::warn!(job_id = %job.id, error = %err, "recording the shim token failed");
         }
         let started = self.spawn_shim(&spec, &spec_path, run.clone()).await;
         if started.is_ok() {
@@ -363,6 +351,7 @@ impl Supervisor {
         if let Some(run) = run {
             run.send(ServerFrame::Bye);
             run.flush_log();
+            remove_claimed_spec(&self.inner.settings, job_id, run.attempt);
             if let Some(path) = run.take_exit_record() {
                 if let Err(err) = std::fs::remove_file(&path) {
                     tracing::warn!(job_id = %job_id, path = %path.display(), error = %err, "removing an applied exit record failed");
@@ -387,6 +376,28 @@ impl Supervisor {
 /// Returns the path of the spec file of one attempt, in the exit directory.
 pub(crate) fn spec_file(settings: &SupervisorSettings, job_id: &str, attempt: u32) -> PathBuf {
     settings.exit_dir.join(format!("{job_id}.{attempt}.spec"))
+}
+
+/// Returns the names a shim gives the spec file of one attempt when it
+/// claims it: the spec's own, and the one of a spec taken back from a
+/// failed launcher and handed to a shim started directly.
+pub(crate) fn claimed_spec_files(settings: &SupervisorSettings, job_id: &str, attempt: u32) -> [PathBuf; 2] {
+    let spec = spec_file(settings, job_id, attempt);
+    [spec.with_extension("spec.claimed"), spec.with_extension("direct.spec.claimed")]
+}
+
+/// Removes the claimed spec file of an attempt that has ended.
+fn remove_claimed_spec(settings: &SupervisorSettings, job_id: &str, attempt: u32) {
+    for path in claimed_spec_files(settings, job_id, attempt) {
+        match std::fs::remove_file(&path) {
+            Ok(()) => return,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::warn!(job_id = %job_id, path = %path.display(), error = %err, "removing the claimed spec file of an ended job failed");
+                return;
+            }
+        }
+    }
 }
 
 /// Writes the shim's spec to `path` atomically, readable by the server's

@@ -10,7 +10,7 @@ use super::run::Run;
 use super::{Inner, Supervisor};
 use crate::jobs::{ExitSummary, ExternalJob};
 use crate::store::{Job, ProcessState};
-use burro_protocol::control::{exit_record_name, ExitRecordHeader, ShimFrame};
+use burro_protocol::control::{exit_record_name, ExitRecordHeader, ShimFrame, ShimSpec};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,8 +52,8 @@ impl Supervisor {
     }
 
     /// Takes back the spec file of a job's attempt if no shim took it: the
-    /// server stopped after recording the shim's token but before a shim
-    /// read the spec, so the job never started. Returns true when the spec
+    /// server stopped after writing the spec but before a shim read it, so
+    /// the job never started. Returns true when the spec
     /// was taken back; a shim that starts later finds it gone and exits.
     pub fn reclaim_spec(&self, job: &Job) -> bool {
         let path = super::spec_file(&self.inner.settings, &job.id, job.attempts);
@@ -65,6 +65,33 @@ impl Supervisor {
             }
             Err(_) => false,
         }
+    }
+
+    /// Returns the token of a job's attempt from the spec file its shim
+    /// claimed, or `None` when no shim claimed one. The store contains no
+    /// token of the attempts this server starts. A claimed spec that belongs
+    /// to another job or attempt, or cannot be read, counts as none.
+    pub fn claimed_token(&self, job: &Job) -> Option<String> {
+        for path in super::claimed_spec_files(&self.inner.settings, &job.id, job.attempts) {
+            let contents = match std::fs::read(&path) {
+                Ok(contents) => contents,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => {
+                    tracing::warn!(job_id = %job.id, path = %path.display(), error = %err, "reading a claimed spec file failed");
+                    continue;
+                }
+            };
+            match serde_json::from_slice::<ShimSpec>(&contents) {
+                Ok(spec) if spec.job_id == job.id && spec.attempt == job.attempts => return Some(spec.token),
+                Ok(spec) => {
+                    tracing::warn!(job_id = %job.id, path = %path.display(), "ignoring a claimed spec file of attempt {} of job {}", spec.attempt, spec.job_id);
+                }
+                Err(err) => {
+                    tracing::warn!(job_id = %job.id, path = %path.display(), error = %err, "ignoring a claimed spec file that is not a valid spec");
+                }
+            }
+        }
+        None
     }
 
     /// Removes socket files and exit records that belong to no running job.
