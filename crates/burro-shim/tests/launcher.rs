@@ -87,6 +87,83 @@ fn launcher_forks_shim_with_pidfd() {
     assert!(status.success(), "launcher exit: {status}; log: {}", std::fs::read_to_string(&launcher_log).unwrap_or_default());
 }
 
+/// Returns the pids of `pid`'s children.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|child| child.parse().unwrap())
+        .collect()
+}
+
+/// Waits until `pid` has a child other than those in `except`, and returns it.
+fn new_child(pid: u32, except: &[u32]) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(child) = children_of(pid).into_iter().find(|child| !except.contains(child)) {
+            return child;
+        }
+        assert!(Instant::now() < deadline, "the launcher forked a spare within 10 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until `pid` is gone or a zombie.
+fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = state.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()).unwrap_or_default();
+        if state.is_none() || state == Some('Z') {
+            return;
+        }
+        assert!(Instant::now() < deadline, "process {pid} exited within 10 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn requests_go_to_the_spare_forked_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).unwrap();
+    let mut launcher = Command::new(env!("CARGO_BIN_EXE_burro-shim"))
+        .arg("--launcher")
+        .stdin(Stdio::from(theirs))
+        .stderr(Stdio::from(std::fs::File::create(dir.path().join("launcher.log")).unwrap()))
+        .spawn()
+        .expect("the launcher starts");
+    let missing = |name: &str| LaunchRequest {
+        spec_file: dir.path().join(format!("{name}.spec")).to_string_lossy().into_owned(),
+        log_file: dir.path().join(format!("{name}.log")).to_string_lossy().into_owned(),
+    };
+    let shim_log = |name: &str| std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap_or_default();
+
+    // Before any request, one child waits: the request goes to it.
+    let spare = new_child(launcher.id(), &[]);
+    let title = std::fs::read(format!("/proc/{spare}/cmdline")).unwrap();
+    assert_eq!(title.split(|&b| b == 0).nth(1), Some(&b"--spare"[..]), "ps shows the waiting spare as such");
+    let (reply, pidfd) = request(&ours, &missing("first"));
+    assert_eq!(reply.pid, Some(spare), "the spare took the request");
+    wait_exit(&pidfd.expect("the reply carries the spare's pidfd"));
+    assert!(shim_log("first").starts_with("burro-shim: claiming the job spec file"), "{}", shim_log("first"));
+
+    // A spare that dies before its request is replaced by a fork at the request.
+    let next = new_child(launcher.id(), &[spare]);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(next as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_gone(next);
+    let (reply, pidfd) = request(&ours, &missing("second"));
+    let forked = reply.pid.expect("the reply names a shim");
+    assert_ne!(forked, next, "the dead spare did not get the request");
+    wait_exit(&pidfd.expect("the reply carries a pidfd"));
+    assert!(shim_log("second").starts_with("burro-shim: claiming the job spec file"), "{}", shim_log("second"));
+
+    // The launcher exits when our end closes, and its unused spare with it.
+    let last = new_child(launcher.id(), &[spare, next, forked]);
+    drop(ours);
+    assert!(launcher.wait().unwrap().success());
+    wait_gone(last);
+}
+
 #[test]
 fn unknown_arguments_are_named() {
     let output = Command::new(env!("CARGO_BIN_EXE_burro-shim")).args(["--bogus", "x"]).output().unwrap();
