@@ -235,7 +235,7 @@ async fn exit_record_finishes_job_after_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarted_server_takes_the_token_from_the_claimed_spec() {
+async fn restart_reads_token_from_claimed_spec() {
     let site = Site::new("");
     let first = site.serve();
     let id = enqueue(&first, json!({"count": 20, "delay": 0.05})).await;
@@ -247,7 +247,7 @@ async fn restarted_server_takes_the_token_from_the_claimed_spec() {
     assert_eq!(spec["token"].as_str().unwrap().len(), 48, "{spec}");
     first.kill9();
 
-    // The store holds no token: the second server reads it from the spec
+    // The store contains no token. The second server reads it from the spec
     // the shim claimed, accepts the shim and lets the attempt finish.
     let second = site.serve();
     let finished = wait_finished(&second, &ids).await;
@@ -316,10 +316,12 @@ async fn job_without_shim_or_record_is_lost() {
     assert!(error.starts_with("job lost"), "{error}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unread_spec_is_taken_back_and_requeued() {
-    // A stand-in for burro-shim that never reads its spec file, as when the
-    // server dies between recording the shim's token and the shim's start.
+/// Runs a job under a stand-in for burro-shim that never reads its spec
+/// file, as when the server dies between writing the spec and the shim's
+/// start. Then kills the server, calls `while_down` with the spec's path
+/// and restarts the real server. Returns the spec's path and the job's
+/// finished state.
+async fn restart_with_an_unread_spec(while_down: impl FnOnce(&Path)) -> (PathBuf, Value) {
     let site = Site::new("reconnect_window = \"60s\"");
     let stub = site.dir.path().join("stub-shim");
     std::fs::write(&stub, "#!/bin/sh\nexec sleep 30\n").unwrap();
@@ -333,14 +335,30 @@ async fn unread_spec_is_taken_back_and_requeued() {
     let spec = site.exit_dir().join(format!("{id}.1.spec"));
     wait_until("the spec file is written", async || spec.exists()).await;
     first.kill9();
+    while_down(&spec);
 
-    // The real shim path: the restarted server finds the spec unread, takes
-    // it back and requeues the job instead of waiting 60 s for a shim.
+    // The real shim path: the restarted server requeues the job instead of
+    // waiting 60 s for a shim.
     let second = site.serve();
-    let finished = wait_finished(&second, std::slice::from_ref(&id)).await;
-    assert_eq!(finished[&id]["status"], "completed", "{}", finished[&id]);
-    assert_eq!(finished[&id]["attempts"], 1, "the attempt was given back");
+    let mut finished = wait_finished(&second, std::slice::from_ref(&id)).await;
+    (spec, finished.remove(&id).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_spec_is_taken_back_and_requeued() {
+    let (spec, job) = restart_with_an_unread_spec(|_| {}).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["attempts"], 1, "the attempt was given back");
     assert!(!spec.exists(), "the spec file was removed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_without_spec_or_token_is_requeued() {
+    // No spec and no claimed spec: the server stopped before it wrote the
+    // spec, so no shim can have started.
+    let (_, job) = restart_with_an_unread_spec(|spec| std::fs::remove_file(spec).unwrap()).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["attempts"], 1, "the attempt was given back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -546,7 +546,14 @@ impl Jobs {
             tracing::info!(external = external.len(), in_process = jobs.len() - external.len(), "taking over the jobs that were running at the last stop");
         }
         for mut job in jobs {
-            if job.external && self.shared.supervisor.reclaim_spec(&job) {
+            // A claimed spec stays claimed, so its shim runs the attempt. A job
+            // that an older server started has its token in the store instead.
+            let mut claimed = false;
+            if job.external && job.shim_token.is_none() {
+                job.shim_token = self.shared.supervisor.claimed_token(&job);
+                claimed = job.shim_token.is_some();
+            }
+            if job.external && !claimed && self.shared.supervisor.reclaim_spec(&job) {
                 // The server stopped before any shim read the job's spec: the
                 // job never started, so the attempt is given back.
                 match self.shared.store.job_requeue(&job.id, job.attempts).await {
@@ -556,8 +563,7 @@ impl Jobs {
                 continue;
             }
             if job.external && job.shim_token.is_none() {
-                // Jobs started by an older server have their token in the
-                // store. This server leaves it in the spec file the shim claimed.
+                // A shim may have claimed the spec since the first look.
                 job.shim_token = self.shared.supervisor.claimed_token(&job);
             }
             if job.external && job.shim_token.is_none() {

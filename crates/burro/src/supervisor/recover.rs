@@ -10,7 +10,7 @@ use super::run::Run;
 use super::{Inner, Supervisor};
 use crate::jobs::{ExitSummary, ExternalJob};
 use crate::store::{Job, ProcessState};
-use burro_protocol::control::{exit_record_name, ExitRecordHeader, ShimFrame, ShimSpec};
+use burro_protocol::control::{exit_record_name, ExitRecordHeader, ShimFrame};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -81,7 +81,7 @@ impl Supervisor {
                     continue;
                 }
             };
-            match serde_json::from_slice::<ShimSpec>(&contents) {
+            match serde_json::from_slice::<SpecOwner>(&contents) {
                 Ok(spec) if spec.job_id == job.id && spec.attempt == job.attempts => return Some(spec.token),
                 Ok(spec) => {
                     tracing::warn!(job_id = %job.id, path = %path.display(), "ignoring a claimed spec file of attempt {} of job {}", spec.attempt, spec.job_id);
@@ -101,6 +101,16 @@ impl Supervisor {
         remove_unowned(&settings.exit_dir, "", ".exit", running);
         remove_stale_spools(&settings.exit_dir, running);
     }
+}
+
+/// The fields of a spec file that name its attempt and its shim's token.
+/// Parsing skips the other fields, such as the job's environment.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SpecOwner {
+    job_id: String,
+    attempt: u32,
+    token: String,
 }
 
 async fn reconnect_deadline(inner: Arc<Inner>, run: Arc<Run>, job: Job, window: Duration) {
