@@ -67,14 +67,13 @@ pub fn run() -> ExitCode {
     // before any fork, lets every forked shim inherit the result.
     std::hint::black_box(memchr::memchr(b'\n', std::hint::black_box(b"probe\n")));
     let mut buffer = vec![0u8; MAX_REQUEST_BYTES];
-    let mut spare = None;
+    // A spare is forked at the start and after each request, not at every
+    // wakeup, so a fork that keeps failing is tried once per request.
+    let mut spare = match fork_spare(&mask, &children) {
+        SpareFork::Launcher(forked) => forked,
+        SpareFork::Shim(code) => std::process::exit(i32::from(code)),
+    };
     loop {
-        if spare.is_none() {
-            match fork_spare(&mask, &children) {
-                SpareFork::Launcher(forked) => spare = forked,
-                SpareFork::Shim(code) => std::process::exit(i32::from(code)),
-            }
-        }
         let (socket_ready, child_exited) = {
             let mut fds = [PollFd::new(socket, PollFlags::POLLIN), PollFd::new(children.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, PollTimeout::NONE) {
@@ -100,6 +99,12 @@ pub fn run() -> ExitCode {
                     if let Some(code) = launch(socket, &buffer[..length], &mask, &children, &mut spare) {
                         // Only the forked child gets here, once its shim ended.
                         std::process::exit(i32::from(code));
+                    }
+                    if spare.is_none() {
+                        match fork_spare(&mask, &children) {
+                            SpareFork::Launcher(forked) => spare = forked,
+                            SpareFork::Shim(code) => std::process::exit(i32::from(code)),
+                        }
                     }
                 }
                 Err(Errno::EINTR | Errno::EAGAIN) => {}
