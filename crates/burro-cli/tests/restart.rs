@@ -316,6 +316,25 @@ async fn job_without_shim_or_record_is_lost() {
     assert!(error.starts_with("job lost"), "{error}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_claimed_spec_loses_job() {
+    let site = Site::new("reconnect_window = \"1s\"");
+    let first = site.serve();
+    let id = enqueue(&first, json!({"count": 100, "delay": 0.05})).await;
+    let ids = vec![id.clone()];
+    wait_until("the job runs", async || running_with_progress(&first, &ids).await).await;
+    first.kill9();
+    std::fs::write(site.exit_dir().join(format!("{id}.1.spec.claimed")), b"not json").unwrap();
+
+    // A shim took the spec, so the job is not requeued beside it: its shim
+    // cannot authenticate, and the job is lost after the reconnect window.
+    let second = site.serve();
+    let finished = wait_finished(&second, &ids).await;
+    assert_eq!(finished[&id]["status"], "failed", "{}", finished[&id]);
+    let error = finished[&id]["error"].as_str().unwrap();
+    assert!(error.starts_with("job lost"), "{error}");
+}
+
 /// Runs a job under a stand-in for burro-shim that never reads its spec
 /// file, as when the server dies between writing the spec and the shim's
 /// start. Then kills the server, calls `while_down` with the spec's path

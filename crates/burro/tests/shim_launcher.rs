@@ -258,6 +258,48 @@ async fn stuck_launcher_falls_back_to_exec() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_spare_cannot_start_an_ended_attempt() {
+    // A stopped spare still takes a request, because its pipe accepts the
+    // write. Its attempt is lost when no shim connects. When the spare goes
+    // on afterwards, it must find no spec to start the job with.
+    let mut wait = external("python3", "wait_release.py");
+    wait.heartbeat_timeout = Some(Duration::from_millis(500));
+    let server = start(vec![("wait", wait)]).await;
+    let release = server.dir.path().join("release");
+    std::fs::write(&release, b"").unwrap();
+    let (first, _, _) = running_job(&server, &release).await;
+    server.wait_finished(&first).await;
+    let launcher = server.core().jobs.shim_launcher_pid().expect("a launcher runs");
+    let is_spare = |pid: &u32| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|line| line.split(|&b| b == 0).nth(1) == Some(b"--spare"));
+    let spare = within(Duration::from_secs(10), async {
+        loop {
+            if let Some(spare) = children_of(launcher).into_iter().find(is_spare) {
+                return spare;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    kill(spare, libc::SIGSTOP);
+
+    let id = enqueue_wait(&server, &release).await;
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job.status, JobStatus::Failed);
+    assert!(job.error.as_deref().unwrap_or_default().starts_with("job lost"), "{:?}", job.error);
+    kill(spare, libc::SIGCONT);
+    wait_exited(spare).await;
+    let shim_log = std::fs::read_to_string(server.dir.path().join("shims").join(format!("{id}.log"))).unwrap_or_default();
+    assert!(shim_log.starts_with("burro-shim: claiming the job spec file"), "the late shim found no spec: {shim_log}");
+    let left: Vec<_> = std::fs::read_dir(server.dir.path().join("exits"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&id))
+        .collect();
+    assert!(left.is_empty(), "no file of the ended attempt is left: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unwatched_dead_shim_fails_job_as_lost() {
     // A stand-in launcher starts the real shim from the request and never
     // replies, like a launcher that forked and then hung. After the reply

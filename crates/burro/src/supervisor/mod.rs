@@ -351,7 +351,7 @@ impl Supervisor {
         if let Some(run) = run {
             run.send(ServerFrame::Bye);
             run.flush_log();
-            remove_claimed_spec(&self.inner.settings, job_id, run.attempt);
+            remove_spec_files(&self.inner.settings, job_id, run.attempt, run.ever_attached());
             if let Some(path) = run.take_exit_record() {
                 if let Err(err) = std::fs::remove_file(&path) {
                     tracing::warn!(job_id = %job_id, path = %path.display(), error = %err, "removing an applied exit record failed");
@@ -386,16 +386,18 @@ pub(crate) fn claimed_spec_files(settings: &SupervisorSettings, job_id: &str, at
     [spec.with_extension("spec.claimed"), spec.with_extension("direct.spec.claimed")]
 }
 
-/// Removes the claimed spec file of an attempt that has ended.
-fn remove_claimed_spec(settings: &SupervisorSettings, job_id: &str, attempt: u32) {
-    for path in claimed_spec_files(settings, job_id, attempt) {
-        match std::fs::remove_file(&path) {
-            Ok(()) => return,
+/// Removes the spec files of an attempt that has ended. Unless a shim of
+/// the attempt connected, which it does only after claiming its spec, the
+/// unclaimed names go first, so a shim that starts late finds no spec.
+fn remove_spec_files(settings: &SupervisorSettings, job_id: &str, attempt: u32, shim_connected: bool) {
+    let spec = spec_file(settings, job_id, attempt);
+    let unclaimed = [spec.clone(), spec.with_extension("direct.spec")];
+    let unclaimed = if shim_connected { &[][..] } else { &unclaimed[..] };
+    for path in unclaimed.iter().chain(&claimed_spec_files(settings, job_id, attempt)) {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => {
-                tracing::warn!(job_id = %job_id, path = %path.display(), error = %err, "removing the claimed spec file of an ended job failed");
-                return;
-            }
+            Err(err) => tracing::warn!(job_id = %job_id, path = %path.display(), error = %err, "removing a spec file of an ended job failed"),
         }
     }
 }

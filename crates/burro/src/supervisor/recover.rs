@@ -53,43 +53,46 @@ impl Supervisor {
 
     /// Takes back the spec file of a job's attempt if no shim took it: the
     /// server stopped after writing the spec but before a shim read it, so
-    /// the job never started. Returns true when the spec
-    /// was taken back; a shim that starts later finds it gone and exits.
+    /// the job never started. Returns true when the spec was taken back,
+    /// under its own name or under the name of a spec handed to a shim
+    /// started directly. A shim that starts later finds it gone and exits.
     pub fn reclaim_spec(&self, job: &Job) -> bool {
         let path = super::spec_file(&self.inner.settings, &job.id, job.attempts);
         let reclaimed = path.with_extension("spec.reclaimed");
-        match std::fs::rename(&path, &reclaimed) {
+        [path.clone(), path.with_extension("direct.spec")].iter().any(|unclaimed| match std::fs::rename(unclaimed, &reclaimed) {
             Ok(()) => {
                 let _ = std::fs::remove_file(&reclaimed);
                 true
             }
             Err(_) => false,
-        }
+        })
     }
 
     /// Returns the token of a job's attempt from the spec file its shim
     /// claimed, or `None` when no shim claimed one. The store contains no
-    /// token of the attempts this server starts. A claimed spec that belongs
-    /// to another job or attempt, or cannot be read, counts as none.
+    /// token of the attempts this server starts.
+    ///
+    /// A claimed spec that cannot be read, or names another job or attempt,
+    /// still shows that a shim took the spec and may run the job. The token
+    /// returned then is a new one that no shim has: the job waits for a shim
+    /// that cannot authenticate and is lost after the reconnect window,
+    /// instead of starting again beside the shim that runs it.
     pub fn claimed_token(&self, job: &Job) -> Option<String> {
         for path in super::claimed_spec_files(&self.inner.settings, &job.id, job.attempts) {
-            let contents = match std::fs::read(&path) {
-                Ok(contents) => contents,
+            let problem = match std::fs::read(&path) {
+                Ok(contents) => match serde_json::from_slice::<SpecOwner>(&contents) {
+                    Ok(spec) if spec.job_id == job.id && spec.attempt == job.attempts => return Some(spec.token),
+                    Ok(spec) => format!("it names attempt {} of job {}", spec.attempt, spec.job_id),
+                    Err(err) => format!("it is not a valid spec: {err}"),
+                },
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(err) => {
-                    tracing::warn!(job_id = %job.id, path = %path.display(), error = %err, "reading a claimed spec file failed");
-                    continue;
-                }
+                Err(err) => format!("reading it failed: {err}"),
             };
-            match serde_json::from_slice::<SpecOwner>(&contents) {
-                Ok(spec) if spec.job_id == job.id && spec.attempt == job.attempts => return Some(spec.token),
-                Ok(spec) => {
-                    tracing::warn!(job_id = %job.id, path = %path.display(), "ignoring a claimed spec file of attempt {} of job {}", spec.attempt, spec.job_id);
-                }
-                Err(err) => {
-                    tracing::warn!(job_id = %job.id, path = %path.display(), error = %err, "ignoring a claimed spec file that is not a valid spec");
-                }
-            }
+            tracing::error!(
+                job_id = %job.id, path = %path.display(),
+                "the claimed spec of the job's attempt is unusable ({problem}); its shim cannot authenticate, so the job is lost after the reconnect window"
+            );
+            return Some(super::new_token());
         }
         None
     }
