@@ -147,6 +147,16 @@ async fn running_with_progress(server: &Server, ids: &[String]) -> bool {
     true
 }
 
+/// Starts a server, enqueues a `numbered` job with `data` and returns the
+/// server and the job's id once the job runs and reports progress.
+async fn serve_running_job(site: &Site, data: Value) -> (Server, String) {
+    let server = site.serve();
+    let id = enqueue(&server, data).await;
+    let ids = [id.clone()];
+    wait_until("the job runs", async || running_with_progress(&server, &ids).await).await;
+    (server, id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_restart_loses_no_message() {
     let site = Site::new("");
@@ -237,10 +247,8 @@ async fn exit_record_finishes_job_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_reads_token_from_claimed_spec() {
     let site = Site::new("");
-    let first = site.serve();
-    let id = enqueue(&first, json!({"count": 20, "delay": 0.05})).await;
+    let (first, id) = serve_running_job(&site, json!({"count": 20, "delay": 0.05})).await;
     let ids = vec![id.clone()];
-    wait_until("the job runs", async || running_with_progress(&first, &ids).await).await;
     let claimed = site.exit_dir().join(format!("{id}.1.spec.claimed"));
     let spec: Value = serde_json::from_slice(&std::fs::read(&claimed).unwrap()).unwrap();
     assert_eq!(spec["jobId"], id.as_str(), "{spec}");
@@ -296,10 +304,8 @@ fn parent_pid(pid: i32) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_without_shim_or_record_is_lost() {
     let site = Site::new("reconnect_window = \"1s\"");
-    let first = site.serve();
-    let id = enqueue(&first, json!({"count": 1000, "delay": 0.05})).await;
+    let (first, id) = serve_running_job(&site, json!({"count": 1000, "delay": 0.05})).await;
     let ids = vec![id.clone()];
-    wait_until("the job runs", async || running_with_progress(&first, &ids).await).await;
     let pid = job(&first, &id).await["pid"].as_i64().unwrap() as i32;
     let shim = parent_pid(pid);
     first.kill9();
@@ -319,10 +325,8 @@ async fn job_without_shim_or_record_is_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusable_claimed_spec_loses_job() {
     let site = Site::new("reconnect_window = \"1s\"");
-    let first = site.serve();
-    let id = enqueue(&first, json!({"count": 100, "delay": 0.05})).await;
+    let (first, id) = serve_running_job(&site, json!({"count": 100, "delay": 0.05})).await;
     let ids = vec![id.clone()];
-    wait_until("the job runs", async || running_with_progress(&first, &ids).await).await;
     first.kill9();
     std::fs::write(site.exit_dir().join(format!("{id}.1.spec.claimed")), b"not json").unwrap();
 
@@ -372,7 +376,7 @@ async fn unread_spec_is_taken_back_and_requeued() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn job_without_spec_or_token_is_requeued() {
+async fn job_without_spec_is_requeued() {
     // No spec and no claimed spec: the server stopped before it wrote the
     // spec, so no shim can have started.
     let (_, job) = restart_with_an_unread_spec(|spec| std::fs::remove_file(spec).unwrap()).await;

@@ -15,12 +15,12 @@
 //! the server's end of the socket closes. The shims it started keep running
 //! then, as shims started by `exec` do when the server goes away.
 //!
-//! The fork itself takes a fifth of a millisecond or more, on the path from
-//! the server's request to the job's start. So the launcher keeps one spare
-//! child forked ahead, already in a process group of its own, blocked on a
-//! pipe. A request goes down that pipe, the reply names the spare, and the
-//! next spare is forked after the reply. A spare whose pipe closes before a
-//! request came (the launcher exited) exits without a word.
+//! Forking and detaching a child after the request arrives would delay
+//! every job's start. So the launcher keeps one spare child forked ahead,
+//! already in a process group of its own, blocked on a pipe. A request goes
+//! down that pipe, the reply names the spare, and the next spare is forked
+//! after the reply. A spare whose pipe closes before a request came (the
+//! launcher exited) exits without a word.
 
 use crate::{run_shim, SpecSource};
 use burro_protocol::control::{LaunchReply, LaunchRequest};
@@ -295,7 +295,7 @@ fn retitle(from: &[u8; 11], to: &[u8; 11]) {
         static program_invocation_name: *mut libc::c_char;
     }
     // SAFETY: the pointer is glibc's, set at start-up to argv[0]. The write
-    // stays within argv[1], which is checked to hold `from`, and `to` has
+    // stays within argv[1], which is checked to contain `from`, and `to` has
     // its length. The argument strings are writable memory of this process.
     unsafe {
         let name = program_invocation_name;

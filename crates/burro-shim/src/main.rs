@@ -100,8 +100,8 @@ fn restore_open_files_limit() {
 /// input. The file is claimed by renaming it before it is read, so a
 /// restarted server that takes the file back first (because it found no
 /// shim had it) makes this shim exit without starting the job. The claimed
-/// file stays: it holds the shim's token, which a restarted server reads
-/// there, and the server removes it once the job has ended.
+/// file stays in place, because it contains the shim's token, which a
+/// restarted server reads there. The server removes it once the job ends.
 fn read_spec(source: SpecSource) -> Result<ShimSpec, String> {
     let mut input = Vec::new();
     let source = match source {

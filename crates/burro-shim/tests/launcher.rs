@@ -140,8 +140,17 @@ fn requests_go_to_the_spare_forked_ahead() {
 
     // Before any request, one child waits: the request goes to it.
     let spare = new_child(launcher.id(), &[]);
-    let title = std::fs::read(format!("/proc/{spare}/cmdline")).unwrap();
-    assert_eq!(title.split(|&b| b == 0).nth(1), Some(&b"--spare"[..]), "ps shows the waiting spare as such");
+    // The forked child renames itself right after the fork.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let title = loop {
+        let line = std::fs::read(format!("/proc/{spare}/cmdline")).unwrap();
+        let title = line.split(|&b| b == 0).nth(1).map(<[u8]>::to_vec);
+        if title.as_deref() == Some(b"--spare") || Instant::now() > deadline {
+            break title;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(title.as_deref(), Some(&b"--spare"[..]), "ps shows the waiting spare as such");
     let (reply, pidfd) = request(&ours, &missing("first"));
     assert_eq!(reply.pid, Some(spare), "the spare took the request");
     wait_exit(&pidfd.expect("the reply carries the spare's pidfd"));

@@ -258,7 +258,7 @@ async fn stuck_launcher_falls_back_to_exec() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stopped_spare_cannot_start_an_ended_attempt() {
+async fn stopped_spare_cannot_start_ended_attempt() {
     // A stopped spare still takes a request, because its pipe accepts the
     // write. Its attempt is lost when no shim connects. When the spare goes
     // on afterwards, it must find no spec to start the job with.

@@ -391,9 +391,13 @@ pub(crate) fn claimed_spec_files(settings: &SupervisorSettings, job_id: &str, at
 /// unclaimed names go first, so a shim that starts late finds no spec.
 fn remove_spec_files(settings: &SupervisorSettings, job_id: &str, attempt: u32, shim_connected: bool) {
     let spec = spec_file(settings, job_id, attempt);
-    let unclaimed = [spec.clone(), spec.with_extension("direct.spec")];
-    let unclaimed = if shim_connected { &[][..] } else { &unclaimed[..] };
-    for path in unclaimed.iter().chain(&claimed_spec_files(settings, job_id, attempt)) {
+    let mut paths = Vec::with_capacity(4);
+    if !shim_connected {
+        paths.push(spec.with_extension("direct.spec"));
+        paths.push(spec);
+    }
+    paths.extend(claimed_spec_files(settings, job_id, attempt));
+    for path in &paths {
         match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}

@@ -59,13 +59,13 @@ impl Supervisor {
     pub fn reclaim_spec(&self, job: &Job) -> bool {
         let path = super::spec_file(&self.inner.settings, &job.id, job.attempts);
         let reclaimed = path.with_extension("spec.reclaimed");
-        [path.clone(), path.with_extension("direct.spec")].iter().any(|unclaimed| match std::fs::rename(unclaimed, &reclaimed) {
-            Ok(()) => {
+        for unclaimed in [path.with_extension("direct.spec"), path] {
+            if std::fs::rename(&unclaimed, &reclaimed).is_ok() {
                 let _ = std::fs::remove_file(&reclaimed);
-                true
+                return true;
             }
-            Err(_) => false,
-        })
+        }
+        false
     }
 
     /// Returns the token of a job's attempt from the spec file its shim

@@ -255,6 +255,8 @@ impl Run {
             Some((_, tx)) => {
                 let _ = tx.send(frame);
             }
+            // NOTE: a shim that never connects (stopped, or stuck before its
+            // spec) never gets this kill; its attempt ends only when it is lost.
             None => state.kill_pending = Some(reason.as_str().to_string()),
         }
     }
